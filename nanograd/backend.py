@@ -1,0 +1,125 @@
+"""The one place that decides between NumPy (CPU) and CuPy (CUDA GPU).
+
+Every op asks `array_module(x)` for the module that owns its input arrays and calls only
+that module, so the same op code runs on either device. Nothing in nanograd's ops calls
+NumPy directly on tensor data (tests/test_backend_guard.py checks this).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+try:  # CuPy is optional: installed by the cuda12 / cuda13 extras.
+    import cupy as _cupy
+except Exception as exc:  # ImportError, or a CUDA library that fails to load
+    _cupy = None
+    _CUPY_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    _CUPY_IMPORT_ERROR = ""
+
+DEVICES = ("cpu", "cuda")
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(True, '') when CuPy is importable and sees a CUDA device, else (False, the reason)."""
+    if _cupy is None:
+        return False, f"CuPy is not installed (pip install -e '.[cuda12]' or '.[cuda13]'); {_CUPY_IMPORT_ERROR}"
+    try:
+        n = _cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return False, f"CuPy found no usable CUDA device ({type(exc).__name__}: {exc})"
+    if n == 0:
+        return False, "CuPy is installed but there is no CUDA device"
+    return True, ""
+
+
+def check_device(device: str) -> str:
+    """Normalise a device name ('cpu', 'cuda', 'cuda:0' -> 'cuda') or raise a one-line ValueError."""
+    name = str(device).split(":")[0].lower()
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
+    if name == "cuda":
+        ok, why = cuda_status()
+        if not ok:
+            raise RuntimeError(f"--device cuda is not available: {why}")
+    return name
+
+
+def array_module(*arrays: Any) -> ModuleType:
+    """numpy or cupy: the module that owns these arrays (numpy for plain Python values)."""
+    if _cupy is not None:
+        return _cupy.get_array_module(*arrays)
+    return np
+
+
+def device_of(array: Any) -> str:
+    return "cuda" if array_module(array) is not np else "cpu"
+
+
+def to_device(array: Any, device: str) -> Any:
+    """Copy an array to 'cpu' (NumPy) or 'cuda' (CuPy); returns it unchanged if already there."""
+    device = check_device(device)
+    if device == "cpu":
+        return _cupy.asnumpy(array) if device_of(array) == "cuda" else np.asarray(array)
+    return _cupy.asarray(array)
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    return to_device(array, "cpu")
+
+
+def scatter_add_rows(out: Any, rows: Any, values: Any) -> None:
+    """out[rows[i]] += values[i] for every i, with repeated rows accumulating.
+
+    out: (V, C), rows: (N,) ints, values: (N, C). Plain `out[rows] += values` would keep only
+    one of the repeats, and np.add.at is correct but slow (an unbuffered per-element loop).
+    NumPy: sort the rows, sum each run of equal ids with one add.reduceat, add once per id.
+    CuPy: cupyx.scatter_add, an atomic add on the GPU.
+    """
+    if len(rows) == 0:
+        return
+    xp = array_module(out)
+    if xp is not np:
+        import cupyx
+
+        cupyx.scatter_add(out, rows, values)
+        return
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    # start index of each run of equal ids in the sorted list
+    starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
+    out[sorted_rows[starts]] += np.add.reduceat(values[order], starts, axis=0)
+
+
+def index_add(out: Any, index: Any, values: Any) -> None:
+    """out[index] += values where index may repeat (general advanced indexing; slower)."""
+    if array_module(out) is np:
+        np.add.at(out, index, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(out, index, values)
+
+
+# One random generator per device, reseeded by nanograd.manual_seed: dropout masks and
+# parameter initialisation draw from it, so a seeded run is reproducible.
+_generators: dict[str, Any] = {}
+
+
+def manual_seed(seed: int) -> None:
+    """Reseed the generators of every device (NumPy's now, CuPy's when it is first used)."""
+    _generators.clear()
+    _generators["seed"] = seed
+    _generators["cpu"] = np.random.default_rng(seed)
+
+
+def generator(device: str = "cpu") -> Any:
+    """The seeded generator of a device: numpy.random.Generator or cupy.random.Generator."""
+    if device not in _generators:
+        seed = _generators.get("seed", 0)
+        xp = np if device == "cpu" else _cupy
+        _generators[device] = xp.random.default_rng(seed)
+    return _generators[device]

@@ -1,0 +1,95 @@
+"""The base class of every differentiable op, and the one place that undoes broadcasting.
+
+An op is a subclass of `Function` with two methods on raw arrays (NumPy or CuPy):
+
+    forward(self, *arrays, **options) -> array     saves on `self` what backward needs
+    backward(self, grad) -> tuple of arrays         dL/d(input) for each input, None if unneeded
+
+`Function.apply` runs forward and, when a gradient is wanted, records the op in the graph.
+Backward may return a gradient in the broadcast (output) shape; the engine sums it back to
+the input's shape with `unbroadcast`, so no op has to repeat that logic.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tensor import Tensor
+
+_grad_enabled = True
+
+
+class no_grad:
+    """Context manager (and decorator) in which no graph is recorded: for evaluation and sampling."""
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self._previous, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc: object) -> None:
+        global _grad_enabled
+        _grad_enabled = self._previous
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+class Function:
+    """One differentiable op. Subclasses define forward and backward; see the module docstring."""
+
+    parents: tuple[Tensor, ...] = ()
+    needs_grad: tuple[bool, ...] = ()
+
+    def forward(self, *arrays: Any, **options: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, grad: Any) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **options: Any) -> Tensor:
+        """Run the op on tensors; link the result into the graph if any input needs a gradient."""
+        from .tensor import Tensor
+
+        fn = cls()
+        fn.needs_grad = tuple(t.requires_grad for t in inputs)
+        out = fn.forward(*(t.data for t in inputs), **options)
+        if _grad_enabled and any(fn.needs_grad):
+            fn.parents = inputs
+            return Tensor._from_op(out, fn)
+        return Tensor(out)
+
+
+def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...], op: str) -> tuple[int, ...]:
+    """NumPy's broadcasting rule, with an error that names both shapes."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        m = a[-i] if i <= len(a) else 1
+        n = b[-i] if i <= len(b) else 1
+        if m != n and m != 1 and n != 1:
+            raise ValueError(f"{op}: shapes {a} and {b} cannot be broadcast together")
+        out.append(max(m, n) if m != 1 and n != 1 else m * n)
+    return tuple(reversed(out))
+
+
+def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
+    """Sum a gradient over the axes that broadcasting added or stretched, back to `shape`.
+
+    If the forward pass broadcast x of shape (3, 1) against (2, 3, 4), every element of x was
+    used 2 * 4 times, so its gradient is the sum of the output gradient over those copies.
+    """
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    return grad.sum(axis=tuple(range(lead)) + stretched, keepdims=True).reshape(shape)

@@ -1,0 +1,103 @@
+"""nanograd.functional (import as F): the ops a GPT needs, as functions of tensors.
+
+Each function checks its arguments and hands the arrays to one op in nanograd/ops, where the
+forward and the hand-written backward sit side by side.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from . import backend, ops
+from .tensor import Tensor
+
+
+def _array(x: Any, like: Tensor) -> Any:
+    """Plain data (ids, masks, targets) as an array on the same device as `like`."""
+    data = x.data if isinstance(x, Tensor) else x
+    return backend.array_module(like.data).asarray(data)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) along axis; stable for any logits."""
+    return ops.Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """x - logsumexp(x) along axis; stable for any logits."""
+    return ops.LogSoftmax.apply(x, axis=axis)
+
+
+def cross_entropy(logits: Tensor, targets: Any) -> Tensor:
+    """Mean negative log-likelihood of integer targets (N,) under softmax(logits (N, C))."""
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy: logits must be (N, C), got shape {logits.shape}")
+    targets = _array(targets, logits)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integers, got {targets.dtype}")
+    return ops.CrossEntropy.apply(logits, targets=targets)
+
+
+def embedding(idx: Any, weight: Tensor) -> Tensor:
+    """The rows of weight (V, C) picked by integer ids of any shape: idx.shape + (C,)."""
+    idx = _array(idx, weight)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: ids must be integers, got {idx.dtype}")
+    return ops.Embedding.apply(weight, idx=idx)
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise the last axis to mean 0, variance 1, then scale by weight and shift by bias."""
+    if weight.shape != x.shape[-1:]:
+        raise ValueError(f"layer_norm: weight of shape {weight.shape} for input {x.shape}")
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+    return ops.LayerNorm.apply(*inputs, eps=eps)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU with the tanh approximation, as in GPT-2."""
+    return ops.Gelu.apply(x)
+
+
+def relu(x: Tensor) -> Tensor:
+    return ops.Relu.apply(x)
+
+
+def dropout(x: Tensor, p: float, training: bool = True, rng: Any = None) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p); identity in eval."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0:
+        return x
+    return ops.Dropout.apply(x, p=p, rng=rng or backend.generator(x.device))
+
+
+def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    return ops.Concat.apply(*tensors, axis=axis)
+
+
+def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    return ops.Stack.apply(*tensors, axis=axis)
+
+
+def where(cond: Any, a: Tensor | float, b: Tensor | float) -> Tensor:
+    """a where cond is true, else b (cond: a boolean array or tensor, broadcastable)."""
+    like = a if isinstance(a, Tensor) else b
+    a, b = like._lift(a), like._lift(b)
+    return ops.Where.apply(a, b, cond=_array(cond, like).astype(bool))
+
+
+def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
+    """x with `value` wherever mask is true (mask broadcasts against x)."""
+    return where(mask, value, x)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
+    """softmax(q k^T / sqrt(hs)) v for (B, nh, T, hs) inputs, optionally with a causal mask."""
+    if q.ndim != 4 or k.shape != v.shape or q.shape[:2] + q.shape[3:] != k.shape[:2] + k.shape[3:]:
+        raise ValueError(
+            f"attention: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, nh, T, hs) with k, v alike"
+        )
+    if causal and q.shape[2] > k.shape[2]:
+        raise ValueError(f"attention: causal with more queries ({q.shape[2]}) than keys ({k.shape[2]})")
+    return ops.ScaledDotProductAttention.apply(q, k, v, causal=causal)

@@ -1,0 +1,177 @@
+"""Optimizers (SGD, AdamW), gradient clipping and the cosine learning-rate schedule.
+
+AdamW keeps each parameter group in one flat buffer: every parameter's .data becomes a view
+into it, so one update is a handful of vectorised array operations over all the weights at
+once, instead of a Python loop of small ones per tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from . import backend
+from .nn.module import Parameter
+
+
+def _groups(params: Iterable[Any], defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """Normalise a list of parameters, or of {'params': [...], **options} dicts, to groups."""
+    params = list(params)
+    if not params:
+        raise ValueError("optimizer got an empty parameter list")
+    if not isinstance(params[0], dict):
+        params = [{"params": params}]
+    groups = []
+    for group in params:
+        group = {**defaults, **group, "params": list(group["params"])}
+        for p in group["params"]:
+            if not isinstance(p, Parameter) and not getattr(p, "requires_grad", False):
+                raise TypeError("optimizer parameters must be tensors that require a gradient")
+        groups.append(group)
+    return groups
+
+
+class Optimizer:
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
+        self.groups = _groups(params, defaults)
+
+    @property
+    def params(self) -> list[Parameter]:
+        return [p for g in self.groups for p in g["params"]]
+
+    @property
+    def lr(self) -> float:
+        return self.groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for g in self.groups:
+            g["lr"] = value
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+class SGD(Optimizer):
+    """p -= lr * v, with v = momentum * v + (g + weight_decay * p)  (v = g without momentum)."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-2, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        self.velocity: dict[int, Any] = {}
+
+    def step(self) -> None:
+        for group in self.groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad + group["weight_decay"] * p.data if group["weight_decay"] else p.grad
+                if group["momentum"]:
+                    v = self.velocity.get(id(p))
+                    v = g.copy() if v is None else group["momentum"] * v + g
+                    self.velocity[id(p)] = g = v
+                p.data -= group["lr"] * g
+
+
+class _FlatGroup:
+    """One parameter group stored in a single flat array; each p.data becomes a view of it."""
+
+    def __init__(self, params: list[Parameter]):
+        self.params = params
+        xp = backend.array_module(params[0].data)
+        self.sizes = [p.size for p in params]
+        self.data = xp.concatenate([p.data.reshape(-1) for p in params])
+        offset = 0
+        for p, n in zip(params, self.sizes):
+            p.data = self.data[offset : offset + n].reshape(p.shape)
+            offset += n
+        self.m = xp.zeros_like(self.data)  # first moment (mean of g)
+        self.v = xp.zeros_like(self.data)  # second moment (mean of g^2)
+
+    def flat_grad(self) -> Any:
+        xp = backend.array_module(self.data)
+        return xp.concatenate([
+            p.grad.reshape(-1) if p.grad is not None else xp.zeros(n, self.data.dtype)
+            for p, n in zip(self.params, self.sizes)
+        ])
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019):
+
+        p -= lr * weight_decay * p                       (decay, not part of the gradient)
+        m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
+        p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    Groups may set their own weight_decay, e.g. 0 for biases and LayerNorm weights (1-D).
+    Create the optimizer after moving the model to its device: it takes over the arrays.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self.flat = [_FlatGroup(g["params"]) for g in self.groups]
+        self.t = 0
+
+    def step(self) -> None:
+        self.t += 1
+        for group, flat in zip(self.groups, self.flat):
+            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            xp = backend.array_module(flat.data)
+            g = flat.flat_grad()
+            if wd:
+                flat.data *= 1 - lr * wd
+            flat.m *= beta1
+            flat.m += (1 - beta1) * g
+            flat.v *= beta2
+            g *= g
+            flat.v += (1 - beta2) * g
+            step_size = lr / (1 - beta1**self.t)
+            denom = xp.sqrt(flat.v / (1 - beta2**self.t), out=g)  # reuse g's buffer
+            denom += eps
+            flat.data -= step_size * flat.m / denom
+
+    def state_dict(self) -> dict[str, Any]:
+        """Moments as NumPy arrays and the step count: enough to resume exactly."""
+        state: dict[str, Any] = {"t": self.t}
+        for i, flat in enumerate(self.flat):
+            state[f"group{i}.m"] = backend.to_numpy(flat.m)
+            state[f"group{i}.v"] = backend.to_numpy(flat.v)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.t = int(state["t"])
+        for i, flat in enumerate(self.flat):
+            for name in ("m", "v"):
+                value = state[f"group{i}.{name}"]
+                if value.shape != flat.m.shape:
+                    raise ValueError(f"optimizer state group{i}.{name}: shape {value.shape}, expected {flat.m.shape}")
+                getattr(flat, name)[...] = backend.to_device(value, backend.device_of(flat.m))
+
+
+def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:
+    """Scale all gradients together so that their global L2 norm is at most max_norm.
+
+    Returns the norm before clipping (log it: a rising norm warns of divergence early).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    if total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads:
+            g *= scale
+    return total
+
+
+def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Linear warm-up from 0 to max_lr over warmup_steps, then cosine decay to min_lr at
+    max_steps, and min_lr after that (the schedule of GPT-2/3 training, as in nanoGPT)."""
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    if step >= max_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)

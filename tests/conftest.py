@@ -1,0 +1,44 @@
+"""Shared fixtures: deterministic seeds, the real corpus, backends."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nanograd import backend
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same random state, so a failure reproduces."""
+    random.seed(0)
+    np.random.seed(0)
+    yield
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    """The real tiny shakespeare corpus (.ci/run copies it into data/)."""
+    if not CORPUS.exists():
+        pytest.skip(f"corpus not found at {CORPUS}: copy ../shared/data/tinyshakespeare/input.txt there")
+    return CORPUS
+
+
+def _gpu_available() -> tuple[bool, str]:
+    return backend.cuda_status()
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> str:
+    """Run a test once per backend; the CuPy case skips with the reason where it cannot run."""
+    if request.param == "cuda":
+        ok, why = _gpu_available()
+        if not ok:
+            pytest.skip(f"cuda backend unavailable: {why}")
+    return request.param
