@@ -92,12 +92,30 @@ def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
     return where(mask, value, x)
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
-    """softmax(q k^T / sqrt(hs)) v for (B, nh, T, hs) inputs, optionally with a causal mask."""
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout: float = 0.0, rng: Any = None
+) -> Tensor:
+    """softmax(q k^T / sqrt(hs)) v for (B, nh, T, hs) inputs, optionally with a causal mask
+    and dropout on the attention weights (pass dropout=0 when not training)."""
     if q.ndim != 4 or k.shape != v.shape or q.shape[:2] + q.shape[3:] != k.shape[:2] + k.shape[3:]:
         raise ValueError(
             f"attention: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, nh, T, hs) with k, v alike"
         )
     if causal and q.shape[2] > k.shape[2]:
         raise ValueError(f"attention: causal with more queries ({q.shape[2]}) than keys ({k.shape[2]})")
-    return ops.ScaledDotProductAttention.apply(q, k, v, causal=causal)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"attention: dropout must be in [0, 1), got {dropout}")
+    rng = rng or backend.generator(q.device) if dropout > 0 else None
+    return ops.ScaledDotProductAttention.apply(q, k, v, causal=causal, dropout=dropout, rng=rng)
+
+
+def self_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout: float = 0.0,
+                   rng: Any = None) -> Tensor:
+    """Multi-head attention on a fused projection qkv (B, T, 3C) -> (B, T, C): the same result
+    as splitting q, k, v into n_head heads and calling scaled_dot_product_attention, as one op."""
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
+        raise ValueError(f"self_attention: qkv of shape {qkv.shape} is not (B, T, 3C) with C divisible by {n_head} heads")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"attention: dropout must be in [0, 1), got {dropout}")
+    rng = rng or backend.generator(qkv.device) if dropout > 0 else None
+    return ops.SelfAttention.apply(qkv, n_head=n_head, causal=causal, dropout=dropout, rng=rng)

@@ -88,6 +88,7 @@ class _FlatGroup:
             offset += n
         self.m = xp.zeros_like(self.data)  # first moment (mean of g)
         self.v = xp.zeros_like(self.data)  # second moment (mean of g^2)
+        self.scratch = xp.empty_like(self.data)
 
     def flat_grad(self) -> Any:
         xp = backend.array_module(self.data)
@@ -119,18 +120,21 @@ class AdamW(Optimizer):
         for group, flat in zip(self.groups, self.flat):
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             xp = backend.array_module(flat.data)
-            g = flat.flat_grad()
+            g, scratch = flat.flat_grad(), flat.scratch  # in-place updates: no temporaries
             if wd:
                 flat.data *= 1 - lr * wd
             flat.m *= beta1
-            flat.m += (1 - beta1) * g
+            flat.m += xp.multiply(g, 1 - beta1, out=scratch)
             flat.v *= beta2
             g *= g
-            flat.v += (1 - beta2) * g
-            step_size = lr / (1 - beta1**self.t)
-            denom = xp.sqrt(flat.v / (1 - beta2**self.t), out=g)  # reuse g's buffer
+            g *= 1 - beta2
+            flat.v += g
+            denom = xp.multiply(flat.v, 1 / (1 - beta2**self.t), out=scratch)
+            xp.sqrt(denom, out=denom)
             denom += eps
-            flat.data -= step_size * flat.m / denom
+            update = xp.divide(flat.m, denom, out=scratch)
+            update *= lr / (1 - beta1**self.t)
+            flat.data -= update
 
     def state_dict(self) -> dict[str, Any]:
         """Moments as NumPy arrays and the step count: enough to resume exactly."""

@@ -11,6 +11,7 @@ from .nn import (
     LayerNorm,
     LogSoftmax,
     ScaledDotProductAttention,
+    SelfAttention,
     Softmax,
 )
 from .reduce import Max, Sum
@@ -18,6 +19,6 @@ from .reduce import Max, Sum
 __all__ = [
     "Add", "Concat", "CrossEntropy", "Div", "Dropout", "Embedding", "Exp", "Gelu", "GetItem",
     "LayerNorm", "Log", "LogSoftmax", "MatMul", "Max", "Mul", "Neg", "Permute", "Pow", "Relu",
-    "Reshape", "ScaledDotProductAttention", "Softmax", "Sqrt", "Stack", "Sub", "Sum", "Tanh",
+    "Reshape", "ScaledDotProductAttention", "SelfAttention", "Softmax", "Sqrt", "Stack", "Sub", "Sum", "Tanh",
     "Where",
 ]

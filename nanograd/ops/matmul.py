@@ -9,6 +9,12 @@ def _swap_last(x):
     return x.swapaxes(-1, -2)
 
 
+def _rows(x):
+    """(..., k) -> (N, k): all leading axes as rows of one matrix, so BLAS runs one big GEMM
+    (NumPy would otherwise loop over the leading axes, one small product each)."""
+    return x.reshape(-1, x.shape[-1])
+
+
 class MatMul(Function):
     """z = a @ b.   dL/da = g @ b^T,   dL/db = a^T @ g   (^T swaps the last two axes).
 
@@ -29,6 +35,8 @@ class MatMul(Function):
         self.a_was_vector, self.b_was_vector = a.ndim == 1, b.ndim == 1
         self.a = a[None, :] if a.ndim == 1 else a  # (n, k) with n = 1
         self.b = b[:, None] if b.ndim == 1 else b  # (k, m) with m = 1
+        if a.ndim > 2 and b.ndim == 2:  # (B, T, k) @ (k, m): one (B*T, k) @ (k, m) product
+            return (_rows(a) @ b).reshape(a.shape[:-1] + b.shape[-1:])
         return a @ b
 
     def backward(self, g):
@@ -39,12 +47,15 @@ class MatMul(Function):
             g = g[..., None]  # put back the m = 1 axis
         da = db = None
         if self.needs_grad[0]:
-            da = g @ _swap_last(b)  # (..., n, m) @ (..., m, k) -> (..., n, k)
+            if b.ndim == 2 and g.ndim > 2:  # one (N, m) @ (m, k) product over all rows
+                da = (_rows(g) @ b.T).reshape(g.shape[:-1] + b.shape[:1])
+            else:
+                da = g @ _swap_last(b)  # (..., n, m) @ (..., m, k) -> (..., n, k)
             if self.a_was_vector:
                 da = da[..., 0, :]
         if self.needs_grad[1]:
             if b.ndim == 2:  # (k, N) @ (N, m) over all N = rows of all batches
-                db = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+                db = _rows(a).T @ _rows(g)
             else:
                 db = _swap_last(a) @ g  # (..., k, n) @ (..., n, m) -> (..., k, m)
             if self.b_was_vector:

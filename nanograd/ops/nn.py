@@ -8,6 +8,7 @@ nh = heads, hs = head size.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from ..backend import array_module, scatter_add_rows
@@ -121,49 +122,80 @@ class LayerNorm(Function):
 
     def forward(self, x, weight, bias=None, eps=1e-5):
         xp = array_module(x)
-        mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-        centered = x - mean  # (..., C)
-        var = (centered * centered).mean(axis=-1, keepdims=True)  # (..., 1), biased as in PyTorch
-        self.rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
-        self.xhat = centered * self.rstd  # (..., C)
-        self.weight = weight
-        y = self.xhat * weight
+        xhat = x - x.mean(axis=-1, keepdims=True)  # (..., C) centred; scaled to xhat below
+        y = xp.multiply(xhat, xhat)  # (..., C) squares now, the output later
+        var = y.mean(axis=-1, keepdims=True)  # (..., 1) biased variance, as PyTorch
+        var += eps
+        self.rstd = rstd = xp.sqrt(var, out=var)
+        xp.divide(1, rstd, out=rstd)  # (..., 1)
+        xhat *= rstd  # (..., C)
+        self.xhat, self.weight = xhat, weight
+        xp.multiply(xhat, weight, out=y)
         if bias is not None:
             y += bias
         return y
 
     def backward(self, g):
-        xhat, C = self.xhat, self.xhat.shape[-1]
-        rows = g.reshape(-1, C)  # (N, C)
-        dweight = (rows * xhat.reshape(-1, C)).sum(axis=0)  # (C,)
+        xp = array_module(g)
+        xhat, rstd, C = self.xhat, self.rstd, self.xhat.shape[-1]
+        rows, xhat_rows = g.reshape(-1, C), xhat.reshape(-1, C)  # (N, C)
+        scratch = rows * xhat_rows  # (N, C)
+        dweight = scratch.sum(axis=0)  # (C,)
         dbias = rows.sum(axis=0) if len(self.needs_grad) > 2 else None  # (C,)
         dxhat = g * self.weight  # (..., C)
-        dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
-        dx -= xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
-        dx *= self.rstd
+        scratch = scratch.reshape(g.shape)
+        xp.multiply(dxhat, xhat, out=scratch)
+        mean_dxhat_xhat = scratch.mean(axis=-1, keepdims=True)  # (..., 1) the path through var
+        dx = dxhat  # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), in place
+        dx -= dxhat.mean(axis=-1, keepdims=True)  # the path through the mean
+        dx -= xp.multiply(xhat, mean_dxhat_xhat, out=scratch)
+        dx *= rstd
         return (dx, dweight, dbias)[: len(self.needs_grad)]
 
 
 GELU_C = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715
 
 
 class Gelu(Function):
-    """GELU, tanh approximation (as GPT-2): y = 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3),
-    c = sqrt(2 / pi).
+    """GELU, tanh approximation (as GPT-2): y = 0.5 x (1 + t), t = tanh(u), u = c (x + a x^3),
+    with c = sqrt(2 / pi) and a = 0.044715.
 
-    dy/dx = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) c (1 + 3 * 0.044715 x^2).
+    dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = c (1 + 3 a x^2).
+
+    This op runs on the largest activations in the model (B, T, 4C), so both passes work in
+    place on one or two buffers instead of allocating a temporary array per arithmetic step.
     """
 
     def forward(self, x):
         xp = array_module(x)
         self.x = x
-        self.t = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
-        return 0.5 * x * (1 + self.t)
+        t = x * x  # x^2, then turned into t step by step
+        t *= GELU_A
+        t += 1
+        t *= x
+        t *= GELU_C  # u = c (x + a x^3)
+        self.t = xp.tanh(t, out=t)
+        y = t + 1
+        y *= x
+        y *= 0.5  # y = 0.5 x (1 + t)
+        return y
 
     def backward(self, g):
         x, t = self.x, self.t
-        local = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * GELU_C * (1 + 3 * 0.044715 * x * x)
-        return (g * local,)
+        du = x * x
+        du *= 3 * GELU_A * GELU_C
+        du += GELU_C  # du/dx = c (1 + 3 a x^2)
+        local = t * t
+        local -= 1
+        local *= du
+        local *= -0.5
+        local *= x  # 0.5 x (1 - t^2) du/dx
+        half_1_plus_t = array_module(t).add(t, 1, out=du)  # du's buffer is free again
+        half_1_plus_t *= 0.5
+        local += half_1_plus_t  # dy/dx
+        local *= g
+        return (local,)
 
 
 class Dropout(Function):
@@ -182,36 +214,55 @@ class Dropout(Function):
         return (g * self.scale,)
 
 
+@functools.lru_cache(maxsize=16)
+def _causal_mask(xp, Tq: int, Tk: int, dtype):
+    """(Tq, Tk) additive mask: 0 where query i may see key j (j <= i + Tk - Tq), -inf elsewhere.
+
+    Adding it is one pass over the scores, cheaper than boolean indexing; it is cached
+    because every layer and every step uses the same one.
+    """
+    future = xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)
+    return xp.where(future, -xp.inf, 0).astype(dtype)
+
+
 class ScaledDotProductAttention(Function):
     """y = softmax(q k^T / sqrt(hs) + mask) v for q (B, nh, Tq, hs), k and v (B, nh, Tk, hs).
 
     With causal=True, query i may look at keys j <= i + (Tk - Tq): its own position and the
-    past (Tk > Tq when earlier keys come from a cache). Forward keeps the attention weights
-    att (B, nh, Tq, Tk). Backward, with s = the scaled scores:
-        dv = att^T @ dy
-        datt = dy @ v^T
+    past (Tk > Tq when earlier keys come from a cache). With dropout p > 0 the weights are
+    dropped as in GPT-2: y = (att * mask / (1 - p)) @ v. Forward keeps att (B, nh, Tq, Tk).
+    Backward, with s = the scaled scores and attd = the dropped weights (att if p = 0):
+        dv = attd^T @ dy
+        datt = (dy @ v^T) * mask / (1 - p)
         ds = att * (datt - sum_j(datt * att))     (the softmax backward; masked att are 0)
         dq = ds @ k / sqrt(hs),   dk = ds^T @ q / sqrt(hs)
     """
 
-    def forward(self, q, k, v, causal=True):
+    def forward(self, q, k, v, causal=True, dropout=0.0, rng=None):
         xp = array_module(q)
         Tq, Tk, hs = q.shape[-2], k.shape[-2], q.shape[-1]
         self.scale = q.dtype.type(1.0 / math.sqrt(hs))
-        scores = q @ k.swapaxes(-1, -2)  # (B, nh, Tq, Tk)
+        scores = q @ k.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
         scores *= self.scale
         if causal:
-            future = xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)  # (Tq, Tk)
-            scores[..., future] = -xp.inf
-        att = xp.exp(scores - scores.max(axis=-1, keepdims=True), out=scores)  # (B, nh, Tq, Tk)
+            scores += _causal_mask(xp, Tq, Tk, scores.dtype)  # -inf on the future: exp gives 0
+        scores -= scores.max(axis=-1, keepdims=True)
+        att = xp.exp(scores, out=scores)  # (B, nh, Tq, Tk)
         att /= att.sum(axis=-1, keepdims=True)
         self.q, self.k, self.v, self.att = q, k, v, att
+        self.keep = None  # the dropout mask, scaled by 1 / (1 - p)
+        if dropout > 0:
+            self.keep = (rng.random(att.shape, dtype=att.dtype) >= dropout) * att.dtype.type(1 / (1 - dropout))
+            return (att * self.keep) @ v  # (B, nh, Tq, hs)
         return att @ v  # (B, nh, Tq, hs)
 
     def backward(self, dy):
-        q, k, v, att = self.q, self.k, self.v, self.att
-        dv = att.swapaxes(-1, -2) @ dy  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
+        q, k, v, att, keep = self.q, self.k, self.v, self.att, self.keep
+        dropped = att if keep is None else att * keep  # (B, nh, Tq, Tk)
+        dv = dropped.swapaxes(-1, -2) @ dy  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
         datt = dy @ v.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+        if keep is not None:
+            datt *= keep
         ds = datt  # reuse the buffer: ds = att * (datt - rowsum(datt * att))
         ds -= (datt * att).sum(axis=-1, keepdims=True)
         ds *= att
@@ -219,3 +270,32 @@ class ScaledDotProductAttention(Function):
         dq = ds @ k  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
         dk = ds.swapaxes(-1, -2) @ q  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
         return dq, dk, dv
+
+
+class SelfAttention(ScaledDotProductAttention):
+    """Multi-head self-attention on a fused projection: qkv (B, T, 3C) -> y (B, T, C).
+
+    The same attention as ScaledDotProductAttention (whose forward and backward it calls),
+    with the split into heads and the merge back done here on array views:
+        q, k, v = qkv viewed as (B, T, 3, nh, hs) -> (3, B, nh, T, hs)
+        y = attention(q, k, v) (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+    As separate graph ops, each of the three slices of qkv would allocate a full (B, T, 3C)
+    gradient in its backward; here dq, dk, dv are written into one (B, T, 3C) array.
+    """
+
+    def forward(self, qkv, n_head, causal=True, dropout=0.0, rng=None):
+        B, T, C3 = qkv.shape
+        self.n_head, hs = n_head, C3 // 3 // n_head
+        heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        y = super().forward(heads[0], heads[1], heads[2], causal, dropout, rng)  # (B, nh, T, hs)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)  # (B, T, C), heads side by side
+
+    def backward(self, dy):
+        xp = array_module(dy)
+        B, T, C = dy.shape
+        nh, hs = self.n_head, C // self.n_head
+        dq, dk, dv = super().backward(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3))  # (B, nh, T, hs)
+        dqkv = xp.empty((B, T, 3, nh, hs), dtype=dy.dtype)
+        heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view of dqkv
+        heads[0], heads[1], heads[2] = dq, dk, dv
+        return (dqkv.reshape(B, T, 3 * C),)

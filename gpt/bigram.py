@@ -1,0 +1,52 @@
+"""The bigram language model: the next character depends only on the current one.
+
+The whole model is one table of V x V numbers: row i holds the logits (unnormalised log
+probabilities) of every character that may follow character i. Training fills in the table
+from counts, in effect; the lecture starts here before giving the model any context.
+
+Shapes: B = batch, T = time, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nanograd import Tensor, nn
+from nanograd import functional as F
+
+from . import sampling
+
+
+def next_token_loss(logits: Tensor, targets: Any) -> Tensor | None:
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T): the two share B*T rows."""
+    if targets is None:
+        return None
+    B, T, V = logits.shape
+    return F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
+
+
+class BigramLanguageModel(nn.Module):
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+        # Small logits give a near-uniform first guess, so the untrained loss is ln(V)
+        # (PyTorch's N(0, 1) default would start near ln(V) + 0.5).
+        self.token_embedding_table.weight.data *= 0.01
+
+    def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) ids -> logits (B, T, V), and the mean cross-entropy if targets are given."""
+        logits = self.token_embedding_table(idx)  # (B, T, V)
+        return logits, next_token_loss(logits, targets)
+
+    def new_cache(self) -> None:
+        return None  # only the last token matters: there is nothing to cache
+
+    def next_logits(self, idx: np.ndarray, cache: None) -> Tensor:
+        return self.token_embedding_table(idx[:, -1])  # (B, V)
+
+    def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+        """idx (B, t) continued by max_new_tokens sampled tokens: (B, t + max_new_tokens)."""
+        return sampling.generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng)

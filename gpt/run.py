@@ -1,0 +1,219 @@
+"""A training run: its configuration (presets, command-line flags), the model it builds, and
+the checkpoint that holds everything needed to sample from it or resume it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanograd import backend, nn
+
+from .bigram import BigramLanguageModel
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import UserError
+from .model import GPT, GPTConfig
+from .tokenizer import CharTokenizer
+
+
+@dataclass
+class TrainConfig:
+    preset: str = field(default="baby", metadata={"help": "named configuration the other flags override"})
+    # model
+    model: str = field(default="gpt", metadata={"help": "'gpt' or 'bigram'"})
+    n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
+    n_head: int = field(default=4, metadata={"help": "attention heads per block"})
+    n_embd: int = field(default=128, metadata={"help": "embedding width (channels)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability while training"})
+    bias: bool = field(default=False, metadata={"help": "biases in Linear layers and LayerNorms"})
+    tie_weights: bool = field(default=True, metadata={"help": "share token embedding and output head"})
+    # data
+    data: str | None = field(default=None, metadata={"help": "UTF-8 text file (default: tiny shakespeare)"})
+    val_fraction: float = field(default=0.1, metadata={"help": "fraction of the text held out for validation"})
+    block_size: int = field(default=64, metadata={"help": "context length T"})
+    batch_size: int = field(default=12, metadata={"help": "sequences per step B"})
+    # optimisation
+    max_iters: int = field(default=2000, metadata={"help": "training steps"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine decay"})
+    warmup_iters: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    decay_lr: bool = field(default=True, metadata={"help": "cosine decay from lr to min_lr"})
+    lr_decay_iters: int | None = field(default=None, metadata={"help": "decay length (default: max_iters)"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decoupled weight decay (2-D weights only)"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)"})
+    # evaluation and output
+    eval_interval: int = field(default=250, metadata={"help": "steps between evaluations"})
+    eval_iters: int = field(default=200, metadata={"help": "batches per loss estimate"})
+    seed: int = field(default=1337, metadata={"help": "seed for initialisation, batches and dropout"})
+    device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'"})
+    out_dir: str = field(default="out", metadata={"help": "directory for checkpoints and logs"})
+    resume: bool = field(default=False, metadata={"help": "continue the run saved in out_dir"})
+    sample_tokens: int = field(default=300, metadata={"help": "characters sampled at the end (0: none)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar (for logs)"})
+
+    def validate(self) -> None:
+        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("max_iters", "warmup_iters", "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"--{name.replace('_', '-')} must be a number >= 0, got {value}")
+        if self.model not in ("gpt", "bigram"):
+            raise UserError(f"--model must be 'gpt' or 'bigram', got {self.model!r}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.model == "gpt" and self.n_embd % self.n_head:
+            raise UserError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
+                         tie_weights=self.tie_weights)
+
+
+# Fields that fix the shape of the model: a checkpoint only loads into the same values.
+MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The lecture's bigram.py: batch 32, block 8, 3000 steps of AdamW at 1e-2 (PyTorch's
+    # default weight decay 0.01), no schedule, no clipping.
+    "bigram": dict(model="bigram", batch_size=32, block_size=8, max_iters=3000, lr=1e-2,
+                   decay_lr=False, warmup_iters=0, weight_decay=0.01, beta2=0.999, grad_clip=0.0,
+                   eval_interval=300, eval_iters=200),
+    # nanoGPT README's CPU recipe on shakespeare_char ("val loss 1.88 in about 3 minutes").
+    "baby": dict(model="gpt", n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
+                 max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99,
+                 weight_decay=0.1, grad_clip=1.0, dropout=0.0, bias=False, tie_weights=True,
+                 eval_interval=250, eval_iters=200),
+    # The lecture's final gpt.py (val loss about 1.48 on a GPU): AdamW 3e-4, no schedule.
+    "video": dict(model="gpt", n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64,
+                  max_iters=5000, lr=3e-4, decay_lr=False, warmup_iters=0, weight_decay=0.01,
+                  beta2=0.999, grad_clip=0.0, dropout=0.2, bias=True, tie_weights=False,
+                  eval_interval=500, eval_iters=200),
+}
+
+
+def _flag_type(tp: Any):
+    """The argparse converter for a dataclass field type (Optional[X] -> X)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """One flag per TrainConfig field (--batch-size for batch_size); booleans get --no-X too.
+
+    Defaults are None so that only the flags actually given override the preset.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp = _flag_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            default = PRESETS["baby"].get(f.name, f.default)
+            parser.add_argument(flag, type=tp, default=None, metavar=tp.__name__.upper(),
+                                help=f"{help_text} (baby: {default})")
+    parser.set_defaults(preset=None)
+    return parser
+
+
+def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> TrainConfig:
+    """dataclass defaults <- preset <- the saved config when resuming <- flags given."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    preset = given.get("preset", (saved or {}).get("preset", "baby"))
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **(saved or {}), **given, "preset": preset}
+    if saved is not None:
+        changed = [k for k in MODEL_FIELDS if k in given and given[k] != saved.get(k)]
+        if changed:
+            raise UserError(
+                "the checkpoint was trained with a different model configuration: "
+                + ", ".join(f"{k}={saved.get(k)!r} (flag: {given[k]!r})" for k in changed)
+            )
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in values.items() if k in names})
+    config.validate()
+    return config
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
+    if config.model == "bigram":
+        return BigramLanguageModel(vocab_size)
+    return GPT(config.model_config(vocab_size))
+
+
+def checkpoint_path(out_dir: str | Path, best: bool = False) -> Path:
+    return Path(out_dir) / ("best.npz" if best else "ckpt.npz")
+
+
+def save_run(path: Path, model: nn.Module, optimizer: Any, config: TrainConfig,
+             tokenizer: CharTokenizer, state: dict[str, Any]) -> None:
+    """Weights, optimizer moments, config, tokenizer and training state in one .npz (no pickle)."""
+    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta = {"format": 1, "config": dataclasses.asdict(config), "tokenizer": tokenizer.to_json(), **state}
+    if optimizer is not None:
+        opt_state = optimizer.state_dict()
+        meta["optimizer_t"] = opt_state.pop("t")
+        arrays.update({f"optim.{k}": v for k, v in opt_state.items()})
+    save_checkpoint(path, arrays, meta)
+
+
+def load_run(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig, CharTokenizer, dict, dict]:
+    """(model with weights loaded, config, tokenizer, meta, arrays) from a checkpoint."""
+    arrays, meta = load_checkpoint(path)
+    try:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in meta["config"].items() if k in names})
+        tokenizer = CharTokenizer.from_json(meta["tokenizer"])
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"checkpoint {path} has no usable config or tokenizer ({exc})") from None
+    model = build_model(config, tokenizer.vocab_size)
+    weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} does not match its model configuration: {exc}") from None
+    model.to(device)
+    return model, config, tokenizer, meta, arrays
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay 2-D weights (matmuls, embeddings) but not biases and LayerNorm gains (1-D):
+    shrinking those towards 0 has no regularising benefit and only fights the normalisation."""
+    params = model.parameters()
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def check_device(device: str) -> str:
+    try:
+        return backend.check_device(device)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(str(exc)) from None

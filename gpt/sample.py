@@ -1,0 +1,85 @@
+"""Sample text from a trained checkpoint:  python -m gpt.sample --out-dir out [--prompt TEXT]
+
+The prompt is printed first, then each new character as soon as it is drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import sampling
+from .errors import UserError
+from .run import check_device, checkpoint_path, load_run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Generate text from a checkpoint written by gpt.train.")
+    p.add_argument("--out-dir", default="out", help="the training run's directory (default: out)")
+    p.add_argument("--best", action="store_true", help="use best.npz (lowest val loss), not ckpt.npz")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="<1 sharper, >1 more random")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest characters")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability p")
+    p.add_argument("--stop", default=None, help="end a sample when this text appears")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples")
+    p.add_argument("--seed", type=int, default=1337, help="the same seed gives the same text")
+    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context for each token")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
+    if args.num_samples <= 0:
+        raise UserError(f"--num-samples must be positive, got {args.num_samples}")
+    if not args.temperature > 0:
+        raise UserError(f"--temperature must be positive, got {args.temperature}")
+    if args.top_k is not None and args.top_k <= 0:
+        raise UserError(f"--top-k must be positive, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.stop == "":
+        raise UserError("--stop must not be empty")
+
+
+def main(argv: list[str] | None = None, out=None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+        device = check_device(args.device)
+        model, config, tokenizer, _, _ = load_run(checkpoint_path(args.out_dir, best=args.best), device)
+        model.eval()
+        prompt = tokenizer.encode(args.prompt)
+        if len(prompt) == 0:
+            raise UserError("--prompt must not be empty")
+        if len(prompt) > config.block_size and config.model == "gpt":
+            print(f"note: the prompt has {len(prompt)} characters; the model sees the last "
+                  f"{config.block_size} (its block size)", file=sys.stderr)
+        rng = np.random.default_rng(args.seed)
+        for i in range(args.num_samples):
+            text = args.prompt
+            out.write(text)
+            idx = np.asarray(prompt, dtype=np.int64)[None, :]  # (1, t)
+            for token in sampling.stream(model, idx, args.max_new_tokens, args.temperature, args.top_k,
+                                         args.top_p, rng=rng, use_cache=not args.no_cache):
+                piece = tokenizer.decode(token)
+                text += piece
+                out.write(piece)
+                out.flush()
+                if args.stop and text.endswith(args.stop):
+                    break
+            out.write("\n" if i == args.num_samples - 1 else "\n---------------\n")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Turning next-token logits into text: temperature, top-k, top-p, and the generation loop.
+
+Sampling is a weighted die: softmax(logits / temperature) gives each token's probability,
+and one token is drawn. Top-k keeps only the k likeliest tokens; top-p (nucleus) keeps the
+smallest set whose probabilities add up to p. Both cut off the long tail of unlikely tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from nanograd import no_grad
+
+
+class LanguageModel(Protocol):
+    def next_logits(self, idx: np.ndarray, cache: Any) -> Any:
+        """Logits (B, V) for the token after idx (B, t), advancing `cache` if one is given."""
+
+    def new_cache(self) -> Any:
+        """A fresh generation cache (None if the model keeps none)."""
+
+
+def probabilities(
+    logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> np.ndarray:
+    """The distribution to sample from: softmax(logits / temperature), cut by top-k and top-p.
+
+    logits (B, V) -> probabilities (B, V), rows summing to 1.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logits = logits.astype(np.float64) / temperature  # (B, V)
+    if top_k is not None:
+        k = min(top_k, logits.shape[-1])
+        kth = np.partition(logits, -k, axis=-1)[:, -k, None]  # (B, 1) the k-th largest logit
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-probs, axis=-1)  # (B, V) likeliest first
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        # keep a token if the tokens before it add up to less than p (the first always stays)
+        keep_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row of probs (B, V): inverse-CDF sampling with one uniform draw per row."""
+    cdf = np.cumsum(probs, axis=-1)  # (B, V)
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]  # (B, 1)
+    return (cdf < u).sum(axis=-1).astype(np.int64)  # (B,) first index where cdf >= u
+
+
+@no_grad()
+def stream(
+    model: LanguageModel,
+    idx: np.ndarray,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    rng: np.random.Generator | None = None,
+    use_cache: bool = True,
+) -> Iterator[np.ndarray]:
+    """Yield max_new_tokens new tokens (B,) one at a time, continuing idx (B, t)."""
+    rng = rng if rng is not None else np.random.default_rng()
+    idx = np.asarray(idx, dtype=np.int64)
+    cache = model.new_cache() if use_cache else None
+    for _ in range(max_new_tokens):
+        logits = model.next_logits(idx, cache)  # (B, V)
+        probs = probabilities(np.asarray(logits.numpy()), temperature, top_k, top_p)
+        nxt = sample(probs, rng)  # (B,)
+        idx = np.concatenate([idx, nxt[:, None]], axis=1)  # (B, t + 1)
+        yield nxt
+
+
+def generate(model: LanguageModel, idx: np.ndarray, max_new_tokens: int, **options: Any) -> np.ndarray:
+    """idx (B, t) followed by max_new_tokens sampled tokens: (B, t + max_new_tokens)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    new = list(stream(model, idx, max_new_tokens, **options))
+    return np.concatenate([idx] + [t[:, None] for t in new], axis=1) if new else idx

@@ -1,0 +1,236 @@
+"""Train a character-level language model:  python -m gpt.train [--preset baby|bigram|video] [flags]
+
+Each step: sample a batch of (context, next-character) pairs, compute the loss, backpropagate,
+clip the gradient, take an AdamW step. Every eval_interval steps: estimate the train and val
+loss on fixed batches, log them to metrics.jsonl and save a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import nanograd
+from nanograd import backend, no_grad, optim
+
+from . import sampling
+from .data import CharDataset, load_text
+from .errors import UserError
+from .run import (TrainConfig, build_model, build_parser, check_device, checkpoint_path, load_run,
+                  parameter_groups, resolve, save_run, write_json)
+from .tokenizer import CharTokenizer
+
+
+class _StopRequest:
+    """Ctrl-C sets a flag that the loop checks between steps, so a checkpoint is never taken
+    of a half-updated model. A second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> _StopRequest:
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+@no_grad()
+def estimate_loss(model: Any, batches: list[tuple[np.ndarray, np.ndarray]], device: str) -> float:
+    """Mean loss over fixed batches, in eval mode (no dropout) and with no graph."""
+    model.eval()
+    losses = [model(backend.to_device(x, device), backend.to_device(y, device))[1].item()
+              for x, y in batches]
+    model.train()
+    return float(np.mean(losses))
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    if not config.decay_lr:
+        return optim.cosine_lr(step, config.lr, config.lr, config.warmup_iters, config.warmup_iters)
+    decay_iters = config.lr_decay_iters or config.max_iters
+    return optim.cosine_lr(step, config.lr, config.min_lr, config.warmup_iters, decay_iters)
+
+
+def plot_losses(metrics_path: Path, out_path: Path) -> str:
+    """loss.png from metrics.jsonl; a one-line note instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: skipping loss.png (pip install -e '.[plot]')"
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return f"wrote {out_path}"
+
+
+def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = None,
+          tokenizer: CharTokenizer | None = None, arrays: dict | None = None) -> dict[str, Any]:
+    """Run (or continue) training; returns the last metrics row."""
+    device = check_device(config.device)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = print if config.quiet else _tqdm_write
+
+    text = load_text(config.data)
+    dataset = CharDataset(text, tokenizer=tokenizer, val_fraction=config.val_fraction)
+    dataset.check_block_size(config.block_size)
+    tokenizer = dataset.tokenizer
+
+    nanograd.manual_seed(config.seed)
+    if model is None:
+        model = build_model(config, tokenizer.vocab_size).to(device)
+    n_params = model.num_parameters()
+    log(f"{config.model}: {n_params / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size}, "
+        f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
+    optimizer = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                            betas=(config.beta1, config.beta2))
+    batch_rng = np.random.default_rng(config.seed)
+    eval_batches = {split: dataset.fixed_batches(split, config.eval_iters, config.batch_size,
+                                                 config.block_size, seed=config.seed + 1)
+                    for split in ("train", "val")}
+    state = {"step": 0, "best_val_loss": math.inf, "clipped_steps": 0, "elapsed_s": 0.0}
+    if resume_meta is not None:
+        optimizer.load_state_dict({"t": resume_meta["optimizer_t"],
+                                   **{k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}})
+        batch_rng.bit_generator.state = resume_meta["batch_rng"]
+        backend.generator("cpu").bit_generator.state = resume_meta["dropout_rng"]
+        state.update({k: resume_meta[k] for k in state})
+        log(f"resuming {checkpoint_path(out_dir)} at step {state['step']}")
+    write_json(out_dir / "config.json", {**vars(config), "n_params": n_params})
+    metrics_path = out_dir / "metrics.jsonl"
+    if resume_meta is None:
+        metrics_path.write_text("")
+
+    def save(path: Path) -> None:
+        save_run(path, model, optimizer, config, tokenizer, {
+            **state, "batch_rng": batch_rng.bit_generator.state,
+            "dropout_rng": backend.generator("cpu").bit_generator.state})
+
+    tokens_per_step = config.batch_size * config.block_size
+    grad_norm, row = float("nan"), {}
+    bar = None if config.quiet else _progress(config.max_iters, state["step"])
+    t_start = time.perf_counter() - state["elapsed_s"]
+    train_seconds, train_steps = 0.0, 0  # this session's time in training steps (no evals)
+    with _StopRequest() as stop:
+        while True:
+            step = state["step"]
+            state["elapsed_s"] = time.perf_counter() - t_start
+            if step % config.eval_interval == 0 or step == config.max_iters:
+                row = {"step": step,
+                       "train_loss": estimate_loss(model, eval_batches["train"], device),
+                       "val_loss": estimate_loss(model, eval_batches["val"], device),
+                       "lr": lr_at(config, step), "grad_norm": grad_norm,
+                       "clipped_steps": state["clipped_steps"], "elapsed_s": round(state["elapsed_s"], 3),
+                       "tokens_per_s": round(train_steps * tokens_per_step / train_seconds, 1)
+                       if train_steps else None}
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                log(f"step {step}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+                    f"grad norm {grad_norm:.3f}, clipped steps {state['clipped_steps']}")
+                if row["val_loss"] < state["best_val_loss"]:
+                    state["best_val_loss"] = row["val_loss"]
+                    save(checkpoint_path(out_dir, best=True))
+                save(checkpoint_path(out_dir))
+            if step >= config.max_iters:
+                break
+            if stop.requested:
+                save(checkpoint_path(out_dir))
+                if bar is not None:
+                    bar.close()
+                print(f"interrupted: saved step {step} to {checkpoint_path(out_dir)} "
+                      f"(continue with --resume --out-dir {out_dir})")
+                return row
+
+            t0 = time.perf_counter()
+            optimizer.lr = lr_at(config, step)
+            x, y = dataset.get_batch("train", config.batch_size, config.block_size, batch_rng)
+            _, loss = model(backend.to_device(x, device), backend.to_device(y, device))
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise UserError(f"loss became {loss_value} at step {step}; the last good checkpoint "
+                                f"is {checkpoint_path(out_dir)} (try a lower --lr)")
+            optimizer.zero_grad()
+            loss.backward()
+            # the norm before clipping is the health signal; max_norm inf only measures it
+            grad_norm = optim.clip_grad_norm(model.parameters(), config.grad_clip or math.inf)
+            state["clipped_steps"] += bool(config.grad_clip and grad_norm > config.grad_clip)
+            optimizer.step()
+            state["step"] = step + 1
+            train_seconds += time.perf_counter() - t0
+            train_steps += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_value:.4f}", gnorm=f"{grad_norm:.2f}",
+                                tok_s=f"{train_steps * tokens_per_step / train_seconds:,.0f}", refresh=False)
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    log(plot_losses(metrics_path, out_dir / "loss.png"))
+    log(f"done: {state['step']} steps in {state['elapsed_s']:.1f}s, val loss {row.get('val_loss', float('nan')):.4f}; "
+        f"checkpoint {checkpoint_path(out_dir)}")
+    if config.sample_tokens:
+        prompt = tokenizer.encode("\n") if "\n" in tokenizer.chars else dataset.val[:1]
+        ids = sampling.generate(model, np.asarray(prompt, dtype=np.int64)[None, :], config.sample_tokens,
+                                rng=np.random.default_rng(config.seed))
+        print(tokenizer.decode(ids[0]))
+    return row
+
+
+def _progress(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _tqdm_write(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser("Train a character-level GPT (or bigram) with nanograd.")
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            out_dir = args.out_dir or "out"
+            model, saved, tokenizer, meta, arrays = load_run(checkpoint_path(out_dir), check_device(args.device or "cpu"))
+            config = resolve(args, saved=vars(saved))
+            train(config, resume_meta=meta, model=model, tokenizer=tokenizer, arrays=arrays)
+        else:
+            train(resolve(args))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (no checkpoint written since the last evaluation)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
