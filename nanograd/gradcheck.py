@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -17,6 +17,7 @@ def gradcheck(
     atol: float = 1e-5,
     rtol: float = 1e-3,
     seed: int = 0,
+    names: Sequence[str] | None = None,
 ) -> bool:
     """Check the analytic gradient of fn against central differences, for every input that
     requires a gradient. Returns True, or raises AssertionError naming the input and element.
@@ -27,18 +28,20 @@ def gradcheck(
     O(eps^2); that needs float64 (in float32 the rounding error ~1e-7 / eps would swamp it),
     so float32 inputs are refused. An element passes when
         |analytic - numerical| <= atol + rtol * |numerical|     (PyTorch's rule and defaults).
+    `names` (one per input) label the inputs in the error message.
 
         >>> x = Tensor(np.random.randn(3, 4), requires_grad=True, dtype=np.float64)
         >>> gradcheck(lambda x: (x * x).sum(axis=1), x)
         True
     """
+    label = [f"input {i} ({names[i]})" if names else f"input {i}" for i in range(len(inputs))]
     checked = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input requires a gradient (use Tensor(..., requires_grad=True))")
     for i in checked:
         if inputs[i].dtype != np.float64:
             raise TypeError(
-                f"gradcheck: input {i} is {inputs[i].dtype}; finite differences need float64 "
+                f"gradcheck: {label[i]} is {inputs[i].dtype}; finite differences need float64 "
                 "(build it with Tensor(data, requires_grad=True, dtype=np.float64))"
             )
 
@@ -59,7 +62,7 @@ def gradcheck(
     for i in checked:
         x = inputs[i].data
         if analytic[i] is None:
-            raise AssertionError(f"gradcheck: input {i} got no gradient (is it used by fn?)")
+            raise AssertionError(f"gradcheck: {label[i]} got no gradient (is it used by fn?)")
         a = Tensor(analytic[i]).numpy().astype(np.float64)
         numerical = np.zeros(x.shape)
         for idx in np.ndindex(*x.shape):
@@ -74,7 +77,7 @@ def gradcheck(
         if excess.size and (np.isnan(excess).any() or excess.max() > 0):
             worst = np.unravel_index(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)), x.shape)
             raise AssertionError(
-                f"gradcheck failed for input {i} (shape {x.shape}) at element {tuple(map(int, worst))}: "
+                f"gradcheck failed for {label[i]} (shape {x.shape}) at element {tuple(map(int, worst))}: "
                 f"analytic {a[worst]:.8g}, numerical {numerical[worst]:.8g}, "
                 f"|difference| {abs(a[worst] - numerical[worst]):.3g} > "
                 f"atol {atol} + rtol {rtol} * |numerical|"

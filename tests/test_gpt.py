@@ -1,0 +1,135 @@
+"""The GPT model: causality, the whole model's gradient, initial loss, KV cache, overfitting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import nanograd
+from gpt.errors import UserError
+from gpt.model import GPT, GPTConfig
+from nanograd import Tensor, gradcheck, no_grad, optim
+
+TINY = dict(vocab_size=11, block_size=4, n_layer=2, n_head=2, n_embd=8)
+
+
+def tiny_gpt(seed: int = 0, **overrides) -> GPT:
+    nanograd.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY, **overrides}))
+
+
+def random_ids(shape, vocab=TINY["vocab_size"], seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, shape)
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_changing_future_tokens_leaves_past_logits_unchanged(tie_weights):
+    model = tiny_gpt(tie_weights=tie_weights, block_size=8)
+    idx = random_ids((2, 8))
+    logits, _ = model(idx)
+    for t in range(7):
+        changed = idx.copy()
+        changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % TINY["vocab_size"]
+        logits_changed, _ = model(changed)
+        np.testing.assert_allclose(logits_changed.data[:, : t + 1], logits.data[:, : t + 1], atol=1e-6)
+        assert not np.allclose(logits_changed.data[:, t + 1 :], logits.data[:, t + 1 :])
+
+
+@pytest.mark.parametrize("bias,tie_weights", [(True, True), (False, False)])
+def test_whole_model_gradient_matches_finite_differences(bias, tie_weights):
+    model = tiny_gpt(bias=bias, tie_weights=tie_weights)
+    for p in model.parameters():  # float64, so that finite differences are accurate
+        p.data = p.data.astype(np.float64)
+    idx, targets = random_ids((2, 4), seed=1), random_ids((2, 4), seed=2)
+    names, params = zip(*model.named_parameters())
+    # gradcheck perturbs the parameters' own arrays, so the loss can read them from the model
+    assert gradcheck(lambda *_: model(idx, targets)[1], *params, names=names)
+
+
+def test_untrained_loss_is_near_uniform_guess():
+    model = tiny_gpt(vocab_size=65, block_size=16, n_embd=32)
+    _, loss = model(random_ids((8, 16), vocab=65, seed=3), random_ids((8, 16), vocab=65, seed=4))
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_kv_cached_and_uncached_generation_agree_within_block():
+    model = tiny_gpt(block_size=8).eval()
+    cache = model.new_cache()
+    idx = random_ids((3, 2), seed=5)
+    with no_grad():
+        for _ in range(6):
+            full = model.next_logits(idx, None).data
+            cached = model.next_logits(idx, cache).data
+            np.testing.assert_allclose(cached, full, atol=1e-5)
+            idx = np.concatenate([idx, random_ids((3, 1), seed=idx.shape[1])], axis=1)
+
+
+def test_cached_generation_runs_past_block_size_and_is_seeded():
+    model = tiny_gpt(block_size=8).eval()
+    prompt = random_ids((1, 3), seed=6)
+    a = model.generate(prompt, 30, rng=np.random.default_rng(0))
+    b = model.generate(prompt, 30, rng=np.random.default_rng(0))
+    assert a.shape == (1, 33) and (a[:, :3] == prompt).all()
+    np.testing.assert_array_equal(a, b)
+    assert ((0 <= a) & (a < TINY["vocab_size"])).all()
+
+
+def test_same_seed_same_training():
+    def run():
+        model = tiny_gpt(seed=7, dropout=0.1, block_size=8)
+        opt = optim.AdamW(model.parameters(), lr=1e-2)
+        rng = np.random.default_rng(0)
+        nanograd.manual_seed(7)
+        for _ in range(5):
+            x, y = rng.integers(0, 11, (4, 8)), rng.integers(0, 11, (4, 8))
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss.item(), model.state_dict()
+
+    (loss_a, state_a), (loss_b, state_b) = run(), run()
+    assert loss_a == loss_b
+    for name in state_a:
+        np.testing.assert_array_equal(state_a[name], state_b[name])
+
+
+def test_overfits_one_batch():
+    model = tiny_gpt(block_size=8, n_embd=32, n_head=4)
+    opt = optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    x, y = random_ids((4, 8), seed=8), random_ids((4, 8), seed=9)
+    for _ in range(300):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_parameter_names_follow_gpt2():
+    names = [n for n, _ in tiny_gpt(tie_weights=False).named_parameters()]
+    for expected in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+                     "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
+                     "transformer.h.0.ln_2.weight", "transformer.h.0.mlp.c_fc.weight",
+                     "transformer.h.1.mlp.c_proj.weight", "transformer.ln_f.weight", "lm_head.weight"]:
+        assert expected in names
+    model = tiny_gpt()
+    assert model.transformer.h[0].attn.c_attn.weight.shape == (8, 24)  # Linear weights are (in, out)
+
+
+def test_residual_projections_get_scaled_init():
+    model = tiny_gpt(n_layer=8, n_embd=64, n_head=4)
+    std = model.transformer.h[0].mlp.c_proj.weight.data.std()
+    assert abs(std - 0.02 / math.sqrt(16)) < 0.001
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.data.std() - 0.02) < 0.002
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(UserError, match="divisible"):
+        GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(UserError, match="positive"):
+        GPTConfig(n_layer=0)
+    with pytest.raises(ValueError, match="block_size"):
+        tiny_gpt()(random_ids((1, 5)))
