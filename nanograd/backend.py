@@ -123,3 +123,4 @@ def generator(device: str = "cpu") -> Any:
         xp = np if device == "cpu" else _cupy
         _generators[device] = xp.random.default_rng(seed)
     return _generators[device]
+

@@ -122,35 +122,48 @@ class LayerNorm(Function):
 
     def forward(self, x, weight, bias=None, eps=1e-5):
         xp = array_module(x)
-        xhat = x - x.mean(axis=-1, keepdims=True)  # (..., C) centred; scaled to xhat below
-        y = xp.multiply(xhat, xhat)  # (..., C) squares now, the output later
-        var = y.mean(axis=-1, keepdims=True)  # (..., 1) biased variance, as PyTorch
-        var += eps
-        self.rstd = rstd = xp.sqrt(var, out=var)
-        xp.divide(1, rstd, out=rstd)  # (..., 1)
-        xhat *= rstd  # (..., C)
-        self.xhat, self.weight = xhat, weight
-        xp.multiply(xhat, weight, out=y)
-        if bias is not None:
-            y += bias
+        self.xhat, self.weight = xp.empty_like(x), weight  # (..., C)
+        self.rstd = xp.empty(x.shape[:-1] + (1,), dtype=x.dtype)  # (..., 1)
+        y = xp.empty_like(x)  # (..., C)
+        _layer_norm_forward(x, self.xhat, self.rstd, y, weight, bias, eps)
         return y
 
     def backward(self, g):
         xp = array_module(g)
-        xhat, rstd, C = self.xhat, self.rstd, self.xhat.shape[-1]
-        rows, xhat_rows = g.reshape(-1, C), xhat.reshape(-1, C)  # (N, C)
-        scratch = rows * xhat_rows  # (N, C)
-        dweight = scratch.sum(axis=0)  # (C,)
-        dbias = rows.sum(axis=0) if len(self.needs_grad) > 2 else None  # (C,)
-        dxhat = g * self.weight  # (..., C)
-        scratch = scratch.reshape(g.shape)
-        xp.multiply(dxhat, xhat, out=scratch)
-        mean_dxhat_xhat = scratch.mean(axis=-1, keepdims=True)  # (..., 1) the path through var
-        dx = dxhat  # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), in place
-        dx -= dxhat.mean(axis=-1, keepdims=True)  # the path through the mean
-        dx -= xp.multiply(xhat, mean_dxhat_xhat, out=scratch)
-        dx *= rstd
+        dx, scratch = xp.empty_like(g), xp.empty_like(g)  # (..., C)
+        dweight, dbias = _layer_norm_backward(g, self.xhat, self.rstd, dx, scratch, self.weight)
+        dbias = dbias if len(self.needs_grad) > 2 else None
         return (dx, dweight, dbias)[: len(self.needs_grad)]
+
+
+def _layer_norm_forward(x, xhat, rstd, y, weight, bias, eps):
+    """LayerNorm forward on rows x (..., C), writing xhat, rstd and y in place."""
+    xp = array_module(x)
+    xp.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)  # centred
+    xp.multiply(xhat, xhat, out=y)  # squares (y is free until the end)
+    var = y.mean(axis=-1, keepdims=True)  # biased variance, as PyTorch
+    var += eps
+    xp.divide(1, xp.sqrt(var, out=var), out=rstd)
+    xhat *= rstd
+    xp.multiply(xhat, weight, out=y)
+    if bias is not None:
+        y += bias
+
+
+def _layer_norm_backward(g, xhat, rstd, dx, scratch, weight):
+    """LayerNorm backward: dx in place; returns (dw, db), each (C,)."""
+    xp = array_module(g)
+    C = g.shape[-1]
+    xp.multiply(g, xhat, out=scratch)
+    dweight = scratch.reshape(-1, C).sum(axis=0)  # (C,)
+    dbias = g.reshape(-1, C).sum(axis=0)  # (C,)
+    dxhat = xp.multiply(g, weight, out=dx)  # dx's buffer holds dxhat first
+    xp.multiply(dxhat, xhat, out=scratch)
+    mean_dxhat_xhat = scratch.mean(axis=-1, keepdims=True)  # the path through the variance
+    dx -= dxhat.mean(axis=-1, keepdims=True)  # the path through the mean
+    dx -= xp.multiply(xhat, mean_dxhat_xhat, out=scratch)
+    dx *= rstd
+    return dweight, dbias
 
 
 GELU_C = math.sqrt(2.0 / math.pi)
@@ -164,38 +177,51 @@ class Gelu(Function):
     dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = c (1 + 3 a x^2).
 
     This op runs on the largest activations in the model (B, T, 4C), so both passes work in
-    place on one or two buffers instead of allocating a temporary array per arithmetic step.
+    place on preallocated buffers instead of allocating a temporary per arithmetic step.
     """
 
     def forward(self, x):
         xp = array_module(x)
-        self.x = x
-        t = x * x  # x^2, then turned into t step by step
-        t *= GELU_A
-        t += 1
-        t *= x
-        t *= GELU_C  # u = c (x + a x^3)
-        self.t = xp.tanh(t, out=t)
-        y = t + 1
-        y *= x
-        y *= 0.5  # y = 0.5 x (1 + t)
+        self.x, self.t, y = x, xp.empty_like(x), xp.empty_like(x)
+        _gelu_forward(x, self.t, y)
         return y
 
     def backward(self, g):
-        x, t = self.x, self.t
-        du = x * x
-        du *= 3 * GELU_A * GELU_C
-        du += GELU_C  # du/dx = c (1 + 3 a x^2)
-        local = t * t
-        local -= 1
-        local *= du
-        local *= -0.5
-        local *= x  # 0.5 x (1 - t^2) du/dx
-        half_1_plus_t = array_module(t).add(t, 1, out=du)  # du's buffer is free again
-        half_1_plus_t *= 0.5
-        local += half_1_plus_t  # dy/dx
-        local *= g
-        return (local,)
+        xp = array_module(g)
+        dx, scratch = xp.empty_like(g), xp.empty_like(g)
+        _gelu_backward(self.x, self.t, g, dx, scratch)
+        return (dx,)
+
+
+def _gelu_forward(x, t, y):
+    """t = tanh(c (x + a x^3)) and y = 0.5 x (1 + t), written into t and y."""
+    xp = array_module(x)
+    xp.multiply(x, x, out=t)
+    t *= GELU_A
+    t += 1
+    t *= x
+    t *= GELU_C  # u
+    xp.tanh(t, out=t)
+    xp.add(t, 1, out=y)
+    y *= x
+    y *= 0.5
+
+
+def _gelu_backward(x, t, g, dx, scratch):
+    """dx = g * (0.5 (1 + t) + 0.5 x (1 - t^2) du/dx), written into dx."""
+    xp = array_module(x)
+    du = xp.multiply(x, x, out=scratch)
+    du *= 3 * GELU_A * GELU_C
+    du += GELU_C  # du/dx = c (1 + 3 a x^2)
+    xp.multiply(t, t, out=dx)
+    dx -= 1
+    dx *= du
+    dx *= -0.5
+    dx *= x  # 0.5 x (1 - t^2) du/dx
+    half_1_plus_t = xp.add(t, 1, out=scratch)
+    half_1_plus_t *= 0.5
+    dx += half_1_plus_t  # dy/dx
+    dx *= g
 
 
 class Dropout(Function):
@@ -230,72 +256,99 @@ class ScaledDotProductAttention(Function):
 
     With causal=True, query i may look at keys j <= i + (Tk - Tq): its own position and the
     past (Tk > Tq when earlier keys come from a cache). With dropout p > 0 the weights are
-    dropped as in GPT-2: y = (att * mask / (1 - p)) @ v. Forward keeps att (B, nh, Tq, Tk).
-    Backward, with s = the scaled scores and attd = the dropped weights (att if p = 0):
+    dropped as in GPT-2: y = (att * keep) @ v, keep = Bernoulli(1 - p) / (1 - p).
+    Forward keeps att (B, nh, Tq, Tk). Backward, with attd = att * keep (att if p = 0):
         dv = attd^T @ dy
-        datt = (dy @ v^T) * mask / (1 - p)
+        datt = (dy @ v^T) * keep
         ds = att * (datt - sum_j(datt * att))     (the softmax backward; masked att are 0)
         dq = ds @ k / sqrt(hs),   dk = ds^T @ q / sqrt(hs)
     """
 
     def forward(self, q, k, v, causal=True, dropout=0.0, rng=None):
-        xp = array_module(q)
-        Tq, Tk, hs = q.shape[-2], k.shape[-2], q.shape[-1]
-        self.scale = q.dtype.type(1.0 / math.sqrt(hs))
-        scores = q @ k.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
-        scores *= self.scale
-        if causal:
-            scores += _causal_mask(xp, Tq, Tk, scores.dtype)  # -inf on the future: exp gives 0
-        scores -= scores.max(axis=-1, keepdims=True)
-        att = xp.exp(scores, out=scores)  # (B, nh, Tq, Tk)
-        att /= att.sum(axis=-1, keepdims=True)
-        self.q, self.k, self.v, self.att = q, k, v, att
-        self.keep = None  # the dropout mask, scaled by 1 / (1 - p)
-        if dropout > 0:
-            self.keep = (rng.random(att.shape, dtype=att.dtype) >= dropout) * att.dtype.type(1 / (1 - dropout))
-            return (att * self.keep) @ v  # (B, nh, Tq, hs)
-        return att @ v  # (B, nh, Tq, hs)
+        y = array_module(q).empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)  # (B, nh, Tq, hs)
+        self._attend(q, k, v, y, causal, dropout, rng)
+        return y
 
     def backward(self, dy):
-        q, k, v, att, keep = self.q, self.k, self.v, self.att, self.keep
-        dropped = att if keep is None else att * keep  # (B, nh, Tq, Tk)
-        dv = dropped.swapaxes(-1, -2) @ dy  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
-        datt = dy @ v.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
-        if keep is not None:
-            datt *= keep
-        ds = datt  # reuse the buffer: ds = att * (datt - rowsum(datt * att))
-        ds -= (datt * att).sum(axis=-1, keepdims=True)
-        ds *= att
-        ds *= self.scale  # the 1/sqrt(hs) from the forward, applied once for dq and dk
-        dq = ds @ k  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
-        dk = ds.swapaxes(-1, -2) @ q  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
+        xp = array_module(dy)
+        dq, dk, dv = xp.empty_like(self.q), xp.empty_like(self.k), xp.empty_like(self.v)
+        self._attend_backward(dy, dq, dk, dv)
         return dq, dk, dv
+
+    def _attend(self, q, k, v, y, causal, dropout, rng):
+        """The forward pass, writing the output into y (which may be a strided view)."""
+        xp = array_module(q)
+        B, nh, Tq, hs = q.shape
+        Tk = k.shape[-2]
+        self.scale = q.dtype.type(1.0 / math.sqrt(hs))
+        self.q, self.k, self.v = q, k, v
+        self.att = xp.empty((B, nh, Tq, Tk), dtype=q.dtype)
+        self.keep = None  # dropout's mask, scaled by 1 / (1 - p)
+        if dropout > 0:
+            self.keep = (rng.random(self.att.shape, dtype=q.dtype) >= dropout) * q.dtype.type(1 / (1 - dropout))
+        mask = _causal_mask(xp, Tq, Tk, q.dtype) if causal else None
+        _attention_forward(q, k, v, self.att, y, self.keep, self.scale, mask)
+
+    def _attend_backward(self, dy, dq, dk, dv):
+        """The backward pass, writing into dq, dk, dv (which may be strided views)."""
+        _attention_backward(self.q, self.k, self.v, self.att, self.keep, self.scale, dy, dq, dk, dv)
+
+
+def _attention_forward(q, k, v, att, y, keep, scale, mask):
+    """Attention forward: fills att (B, nh, Tq, Tk) and y (B, nh, Tq, hs)."""
+    xp = array_module(q)
+    xp.matmul(q, k.swapaxes(-1, -2), out=att)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+    att *= scale
+    if mask is not None:
+        att += mask  # -inf on the future: exp gives 0 there
+    att -= att.max(axis=-1, keepdims=True)  # the largest exponent is 0: no overflow
+    xp.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)
+    xp.matmul(att if keep is None else att * keep, v, out=y)  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs)
+
+
+def _attention_backward(q, k, v, att, keep, scale, dy, dq, dk, dv):
+    """Attention backward: fills dq, dk, dv (B, nh, T, hs) from dy (B, nh, Tq, hs)."""
+    xp = array_module(q)
+    attd = att if keep is None else att * keep
+    xp.matmul(attd.swapaxes(-1, -2), dy, out=dv)  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
+    datt = dy @ v.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+    if keep is not None:
+        datt *= keep
+    ds = datt  # ds = att * (datt - rowsum(datt * att)), in datt's buffer
+    ds -= (datt * att).sum(axis=-1, keepdims=True)
+    ds *= att
+    ds *= scale  # the 1/sqrt(hs) of the forward, applied once for dq and dk
+    xp.matmul(ds, k, out=dq)  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
+    xp.matmul(ds.swapaxes(-1, -2), q, out=dk)  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
 
 
 class SelfAttention(ScaledDotProductAttention):
     """Multi-head self-attention on a fused projection: qkv (B, T, 3C) -> y (B, T, C).
 
-    The same attention as ScaledDotProductAttention (whose forward and backward it calls),
-    with the split into heads and the merge back done here on array views:
+    The same attention as ScaledDotProductAttention, with the split into heads and the merge
+    back done as array views instead of graph ops:
         q, k, v = qkv viewed as (B, T, 3, nh, hs) -> (3, B, nh, T, hs)
-        y = attention(q, k, v) (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+        y (B, T, C) viewed as (B, T, nh, hs) -> (B, nh, T, hs) receives attention(q, k, v)
     As separate graph ops, each of the three slices of qkv would allocate a full (B, T, 3C)
-    gradient in its backward; here dq, dk, dv are written into one (B, T, 3C) array.
+    gradient in its backward; here dq, dk, dv are written straight into one (B, T, 3C) array.
     """
 
     def forward(self, qkv, n_head, causal=True, dropout=0.0, rng=None):
+        xp = array_module(qkv)
         B, T, C3 = qkv.shape
         self.n_head, hs = n_head, C3 // 3 // n_head
         heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        y = super().forward(heads[0], heads[1], heads[2], causal, dropout, rng)  # (B, nh, T, hs)
-        return y.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)  # (B, T, C), heads side by side
+        y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)  # heads side by side, as (B, T, C)
+        self._attend(heads[0], heads[1], heads[2], y.transpose(0, 2, 1, 3), causal, dropout, rng)
+        return y.reshape(B, T, C3 // 3)
 
     def backward(self, dy):
         xp = array_module(dy)
         B, T, C = dy.shape
         nh, hs = self.n_head, C // self.n_head
-        dq, dk, dv = super().backward(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3))  # (B, nh, T, hs)
         dqkv = xp.empty((B, T, 3, nh, hs), dtype=dy.dtype)
-        heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view of dqkv
-        heads[0], heads[1], heads[2] = dq, dk, dv
+        dheads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view of dqkv
+        dy_heads = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        self._attend_backward(dy_heads, dheads[0], dheads[1], dheads[2])
         return (dqkv.reshape(B, T, 3 * C),)
