@@ -30,15 +30,22 @@ def shakespeare() -> Path:
     return CORPUS
 
 
-def _gpu_available() -> tuple[bool, str]:
-    return backend.cuda_status()
+def _skip_without_cuda() -> None:
+    ok, why = backend.cuda_status()
+    if not ok:
+        pytest.skip(f"cuda backend unavailable: {why}")
 
 
-@pytest.fixture(params=["cpu", "cuda"])
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request) -> str:
     """Run a test once per backend; the CuPy case skips with the reason where it cannot run."""
     if request.param == "cuda":
-        ok, why = _gpu_available()
-        if not ok:
-            pytest.skip(f"cuda backend unavailable: {why}")
+        _skip_without_cuda()
     return request.param
+
+
+@pytest.fixture
+def cuda() -> str:
+    """For tests that compare the GPU against the CPU: skips with the reason without one."""
+    _skip_without_cuda()
+    return "cuda"
