@@ -1,0 +1,127 @@
+"""The corpus and the batches: text in, (context, next-character) pairs out.
+
+Shapes: B = batch size, T = block size (the context length).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .tokenizer import CharTokenizer
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+DEFAULT_CORPUS = Path("data/tinyshakespeare/input.txt")
+
+
+def download_shakespeare(path: Path = DEFAULT_CORPUS) -> None:
+    """Fetch tiny shakespeare once, check its sha256, and write it atomically."""
+    try:
+        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
+            content = response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(
+            f"tiny shakespeare is not at {path} and could not be downloaded ({exc}); put the file "
+            f"there (from {SHAKESPEARE_URL}), or pass --data PATH to train on any UTF-8 text file"
+        ) from None
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != SHAKESPEARE_SHA256:
+        raise UserError(f"downloaded tiny shakespeare has sha256 {digest}, expected {SHAKESPEARE_SHA256}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_text(path: str | Path | None = None) -> str:
+    """The training text: a UTF-8 file, or tiny shakespeare (downloaded on first use)."""
+    if path is None:
+        path = DEFAULT_CORPUS
+        if not path.exists():
+            download_shakespeare(path)
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file {path} not found")
+    if path.is_dir():
+        raise UserError(f"data path {path} is a directory, not a text file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read data file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"data file {path} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    if not text:
+        raise UserError(f"data file {path} is empty")
+    return text
+
+
+class CharDataset:
+    """A text as token ids, split into train (the first 1 - val_fraction) and val (the rest)."""
+
+    def __init__(self, text: str, tokenizer: CharTokenizer | None = None, val_fraction: float = 0.1):
+        if not 0 <= val_fraction < 1:
+            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.tokenizer = tokenizer or CharTokenizer.from_text(text)
+        self.val_fraction = val_fraction
+        ids = self.tokenizer.encode(text)  # smallest unsigned dtype: 1 byte per character here
+        n_train = int(len(ids) * (1 - val_fraction))
+        self.train, self.val = ids[:n_train], ids[n_train:]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        return self.train if name == "train" else self.val
+
+    def check_block_size(self, block_size: int) -> None:
+        """Every split that is used must hold at least one chunk of block_size + 1 tokens."""
+        if block_size <= 0:
+            raise UserError(f"block size must be positive, got {block_size}")
+        splits = ("train", "val") if self.val_fraction > 0 else ("train",)
+        for name in splits:
+            n = len(self.split(name))
+            if n < block_size + 1:
+                raise UserError(
+                    f"the {name} split has {n} tokens, shorter than block size {block_size} + 1: "
+                    "use a longer text or a smaller --block-size"
+                )
+
+    def get_batch(self, split: str, batch_size: int, block_size: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """B random chunks of T + 1 tokens: x = chunk[:-1], y = chunk[1:], both (B, T) int64.
+
+        Each chunk holds T training examples at once: for every t, the context x[:t+1]
+        should predict y[t].
+        """
+        if batch_size <= 0 or block_size <= 0:
+            raise UserError(f"batch and block size must be positive, got {batch_size} and {block_size}")
+        data = self.split(split)
+        starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,)
+        chunks = data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (B, T + 1)
+        return chunks[:, :-1], chunks[:, 1:]
+
+    def fixed_batches(self, split: str, n: int, batch_size: int, block_size: int,
+                      seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """n batches drawn once from their own seed: the same evaluation set at every step."""
+        rng = np.random.default_rng(seed)
+        return [self.get_batch(split, batch_size, block_size, rng) for _ in range(n)]

@@ -1,0 +1,200 @@
+"""The trainer and the sampler end to end: presets, checkpoints, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt import sample, train
+from gpt.checkpoint import load_checkpoint
+from gpt.run import load_run
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+        "--eval-iters", "2", "--sample-tokens", "0", "--quiet"]
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    path = tmp_path / "poem.txt"
+    lines = ["the quick brown fox jumps over the lazy dog", "to be or not to be, that is the question"]
+    path.write_text("\n".join(lines * 40) + "\n")
+    return path
+
+
+def run_train(*args: str) -> int:
+    return train.main([str(a) for a in args])
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_bigram_preset_learns_shakespeare(shakespeare, tmp_path):
+    out = tmp_path / "bigram"
+    assert run_train("--preset", "bigram", "--data", shakespeare, "--out-dir", out, "--quiet",
+                     "--sample-tokens", "0") == 0
+    rows = read_metrics(out)
+    assert abs(rows[0]["train_loss"] - math.log(65)) < 0.1
+    assert abs(rows[0]["val_loss"] - math.log(65)) < 0.1
+    assert rows[-1]["step"] == 3000
+    assert rows[-1]["val_loss"] <= 2.52
+    for key in ("step", "train_loss", "val_loss", "lr", "grad_norm", "elapsed_s", "tokens_per_s"):
+        assert key in rows[-1]
+    config = json.loads((out / "config.json").read_text())
+    assert config["batch_size"] == 32 and config["block_size"] == 8 and config["model"] == "bigram"
+
+
+def test_run_writes_its_files_and_a_sample(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--data", text_file, "--out-dir", out, "--max-iters", "6", "--eval-interval", "3", *TINY]
+    args[args.index("--sample-tokens") + 1] = "20"
+    assert run_train(*args) == 0
+    assert [r["step"] for r in read_metrics(out)] == [0, 3, 6]
+    assert (out / "ckpt.npz").exists() and (out / "best.npz").exists()
+    printed = capsys.readouterr()
+    assert "parameters" in printed.out + printed.err
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "skipping loss.png" in printed.out + printed.err
+    else:
+        assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_resume_gives_the_same_weights_as_one_run(text_file, tmp_path):
+    common = ["--data", text_file, "--eval-interval", "4", "--dropout", "0.1", "--lr-decay-iters", "8", *TINY]
+    assert run_train("--out-dir", tmp_path / "once", "--max-iters", "8", *common) == 0
+    assert run_train("--out-dir", tmp_path / "twice", "--max-iters", "4", *common) == 0
+    assert run_train("--out-dir", tmp_path / "twice", "--resume", "--max-iters", "8") == 0
+    once, _ = load_checkpoint(tmp_path / "once" / "ckpt.npz")
+    twice, _ = load_checkpoint(tmp_path / "twice" / "ckpt.npz")
+    assert once.keys() == twice.keys()
+    for name in once:
+        np.testing.assert_array_equal(once[name], twice[name], err_msg=name)
+
+
+def test_checkpoint_round_trip_restores_the_model(text_file, tmp_path):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "3", *TINY) == 0
+    model, config, tokenizer, meta, _ = load_run(out / "ckpt.npz")
+    assert meta["step"] == 3 and config.n_embd == 16
+    again, *_ = load_run(out / "ckpt.npz")
+    idx = tokenizer.encode("the fox")[None, :].astype(np.int64)
+    np.testing.assert_array_equal(model(idx)[0].data, again(idx)[0].data)
+
+
+def test_sampler_is_seeded_and_stops(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "3", *TINY) == 0
+    capsys.readouterr()
+
+    def sample_text(*extra: str) -> str:
+        assert sample.main(["--out-dir", str(out), "--max-new-tokens", "40", *extra]) == 0
+        return capsys.readouterr().out
+
+    a, b = sample_text("--seed", "3", "--prompt", "the "), sample_text("--seed", "3", "--prompt", "the ")
+    assert a == b and a.startswith("the ") and len(a) == len("the ") + 40 + 1
+    assert sample_text("--seed", "4", "--prompt", "the ") != a
+    stopped = sample_text("--prompt", "to", "--stop", "e", "--max-new-tokens", "500")
+    assert stopped.rstrip("\n").endswith("e") and stopped.count("e") == 1
+    two = sample_text("--num-samples", "2", "--top-k", "3", "--top-p", "0.9", "--temperature", "0.8")
+    assert two.count("---------------") == 1
+    # within one block (16) the KV cache changes nothing; beyond it, the window slides differently
+    within_block = ("--seed", "5", "--max-new-tokens", "15")
+    assert sample_text(*within_block) == sample_text(*within_block, "--no-cache")
+    long_prompt = sample_text("--prompt", "the quick brown fox jumps over the lazy dog " * 2)
+    assert long_prompt.startswith("the quick")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--block-size", "-3"], "--block-size must be positive"),
+    (["--max-iters", "-1"], "--max-iters must be 0 or more"),
+    (["--lr", "nan"], "--lr must be a number"),
+    (["--n-embd", "30", "--n-head", "4"], "divisible"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--device", "tpu"], "unknown device"),
+    (["--block-size", "5000"], "shorter than"),
+])
+def test_bad_flags_get_one_line_errors(text_file, tmp_path, capsys, args, message):
+    assert run_train("--data", text_file, "--out-dir", tmp_path / "x", "--quiet", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "not found"),
+    (b"", "empty"),
+    (b"ab", "shorter than"),
+    (b"caf\xe9 au lait " * 20, "UTF-8"),
+])
+def test_bad_data_files_get_one_line_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    assert run_train("--data", path, "--out-dir", tmp_path / "x", *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message.lower() in err.lower() and "\n" not in err
+
+
+def test_bad_checkpoints_and_prompts_get_one_line_errors(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert sample.main(["--out-dir", str(out)]) == 2  # no checkpoint yet
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+    capsys.readouterr()
+    assert sample.main(["--out-dir", str(out), "--prompt", "Zebra€"]) == 2
+    err = capsys.readouterr().err
+    assert "'Z'" in err and "'€'" in err
+    assert run_train("--out-dir", out, "--resume", "--n-embd", "32") == 2
+    assert "different model configuration" in capsys.readouterr().err
+    ckpt = out / "ckpt.npz"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])  # truncated
+    assert sample.main(["--out-dir", str(out)]) == 2
+    ckpt.write_bytes(b"not a checkpoint at all")
+    assert sample.main(["--out-dir", str(out)]) == 2
+    assert run_train("--out-dir", out, "--resume") == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("error:") for line in errors)
+
+
+def test_diverging_loss_stops_with_the_last_good_checkpoint(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_train("--data", text_file, "--out-dir", out, "--max-iters", "50", "--eval-interval", "100",
+                     "--lr", "1e30", "--warmup-iters", "0", "--grad-clip", "0", *TINY)
+    assert code == 2
+    assert "loss became" in capsys.readouterr().err
+    _, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["step"] == 0  # the evaluation at step 0 wrote it; nothing after overwrote it
+
+
+def test_ctrl_c_saves_and_resume_continues(text_file, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gpt.train", "--data", str(text_file), "--out-dir", str(out),
+           "--max-iters", "100000", "--eval-interval", "100000", *TINY]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 60
+    while not (out / "ckpt.npz").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # let it take some steps
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "interrupted: saved step" in stdout and "Traceback" not in stderr
+    _, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["step"] > 0
+    assert run_train("--out-dir", out, "--resume", "--max-iters", str(meta["step"] + 2)) == 0
+    _, meta_after = load_checkpoint(out / "ckpt.npz")
+    assert meta_after["step"] == meta["step"] + 2
