@@ -55,6 +55,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
         raise UserError(f"checkpoint {path} is corrupted or truncated ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise UserError(f"checkpoint {path} is corrupted or truncated ({type(exc).__name__}: {exc})") from None
+    broken = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if broken:  # np.load hands back raw bytes for a member that is not a valid .npy
+        raise UserError(f"checkpoint {path} is corrupted: entry {broken[0]!r} is not an array")
     if META_KEY not in arrays:
         raise UserError(f"checkpoint {path} has no metadata: it was not written by gpt.train")
     try:
