@@ -7,7 +7,8 @@ smallest set whose probabilities add up to p. Both cut off the long tail of unli
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -7,7 +7,7 @@ tokenizers such as GPT-2's (50,257 tokens) trade a larger vocabulary for shorter
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

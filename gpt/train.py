@@ -23,8 +23,18 @@ from nanograd import backend, no_grad, optim
 from . import sampling
 from .data import CharDataset, load_text
 from .errors import UserError
-from .run import (TrainConfig, build_model, build_parser, check_device, checkpoint_path, load_run,
-                  parameter_groups, resolve, save_run, write_json)
+from .run import (
+    TrainConfig,
+    build_model,
+    build_parser,
+    check_device,
+    checkpoint_path,
+    load_run,
+    parameter_groups,
+    resolve,
+    save_run,
+    write_json,
+)
 from .tokenizer import CharTokenizer
 
 
@@ -217,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            out_dir = args.out_dir or "out"
-            model, saved, tokenizer, meta, arrays = load_run(checkpoint_path(out_dir), check_device(args.device or "cpu"))
+            device = check_device(args.device or "cpu")
+            model, saved, tokenizer, meta, arrays = load_run(checkpoint_path(args.out_dir or "out"), device)
             config = resolve(args, saved=vars(saved))
             train(config, resume_meta=meta, model=model, tokenizer=tokenizer, arrays=arrays)
         else:

@@ -6,7 +6,8 @@ forward and the hand-written backward sit side by side.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import backend, ops
 from .tensor import Tensor
@@ -114,7 +115,7 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout: float
     """Multi-head attention on a fused projection qkv (B, T, 3C) -> (B, T, C): the same result
     as splitting q, k, v into n_head heads and calling scaled_dot_product_attention, as one op."""
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
-        raise ValueError(f"self_attention: qkv of shape {qkv.shape} is not (B, T, 3C) with C divisible by {n_head} heads")
+        raise ValueError(f"self_attention: qkv {qkv.shape} is not (B, T, 3C) with C divisible by {n_head} heads")
     if not 0 <= dropout < 1:
         raise ValueError(f"attention: dropout must be in [0, 1), got {dropout}")
     rng = rng or backend.generator(qkv.device) if dropout > 0 else None

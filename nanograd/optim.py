@@ -8,7 +8,8 @@ once, instead of a Python loop of small ones per tensor.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import backend
 from .nn.module import Parameter

@@ -10,7 +10,7 @@ import pytest
 import nanograd
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
-from nanograd import Tensor, gradcheck, no_grad, optim
+from nanograd import gradcheck, no_grad, optim
 
 TINY = dict(vocab_size=11, block_size=4, n_layer=2, n_head=2, n_embd=8)
 

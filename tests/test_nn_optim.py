@@ -1,0 +1,162 @@
+"""Modules (names, state dicts, modes) and optimizers (SGD, AdamW, clipping, schedule)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nanograd import Tensor, nn, optim
+from nanograd import functional as F
+
+
+def small_net() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Dropout(0.5), nn.Linear(4, 2, bias=False))
+
+
+def test_named_parameters_have_dotted_names_in_order():
+    names = [n for n, _ in small_net().named_parameters()]
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight"]
+
+
+def test_nested_modules_and_shared_parameters():
+    class Tied(nn.Module):
+        def __init__(self):
+            self.embed = nn.Embedding(5, 3)
+            self.blocks = nn.ModuleList([nn.Linear(3, 3), nn.Linear(3, 3)])
+            self.head = nn.Linear(3, 5)
+            self.head.weight = self.embed.weight  # shared: listed once, under its first name
+
+    names = [n for n, _ in Tied().named_parameters()]
+    assert names == ["embed.weight", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight", "blocks.1.bias",
+                     "head.bias"]
+
+
+def test_linear_computes_x_at_w_plus_b():
+    layer = nn.Linear(3, 2)
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_allclose(layer(Tensor(x)).data, x @ layer.weight.data + layer.bias.data, rtol=1e-6)
+    assert layer.weight.shape == (3, 2)
+
+
+def test_state_dict_round_trip_and_errors():
+    a, b = small_net(), small_net()
+    b.load_state_dict(a.state_dict())
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    state = a.state_dict()
+    state["0.weight"] = np.zeros((9, 9), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"0.weight.*\(9, 9\).*\(3, 4\)"):
+        b.load_state_dict(state)
+    del state["0.weight"]
+    with pytest.raises(KeyError, match="missing keys \\['0.weight'\\]"):
+        b.load_state_dict(state)
+    with pytest.raises(KeyError, match="unexpected keys \\['extra'\\]"):
+        b.load_state_dict({**a.state_dict(), "extra": np.zeros(1)})
+
+
+def test_state_dict_is_a_copy():
+    net = small_net()
+    state = net.state_dict()
+    state["0.bias"][:] = 123
+    assert not (net[0].bias.data == 123).any()
+
+
+def test_train_and_eval_reach_every_submodule():
+    net = small_net()
+    net.eval()
+    assert all(not m.training for m in net.modules())
+    x = Tensor(np.ones((2, 3)))
+    np.testing.assert_array_equal(net(x).data, net(x).data)  # dropout is off in eval
+    net.train()
+    assert all(m.training for m in net.modules())
+
+
+def test_zero_grad_clears_every_gradient():
+    net = small_net()
+    F.cross_entropy(net(Tensor(np.ones((2, 3), dtype=np.float32))), np.array([0, 1])).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+
+
+# ---- optimizers --------------------------------------------------------------------------------
+def param(values) -> nn.Parameter:
+    return nn.Parameter(np.array(values, dtype=np.float64))
+
+
+def test_sgd_with_momentum_matches_the_formula():
+    p = param([1.0, -2.0])
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    velocity = np.zeros(2)
+    expected = p.data.copy()
+    for g in ([1.0, 1.0], [0.5, -1.0]):
+        p.grad = np.array(g)
+        opt.step()
+        velocity = 0.9 * velocity + np.array(g)
+        expected -= 0.1 * velocity
+    np.testing.assert_allclose(p.data, expected)
+
+
+def test_adamw_matches_the_formula_and_skips_decay_where_asked():
+    decayed, plain = param([1.0, -2.0, 3.0]), param([0.5])
+    opt = optim.AdamW([{"params": [decayed]}, {"params": [plain], "weight_decay": 0.0}],
+                      lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+    grads = [np.array([0.1, -0.2, 0.3]), np.array([-0.5, 0.4, 0.0])]
+    p, m, v = decayed.data.copy(), np.zeros(3), np.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        decayed.grad, plain.grad = g.copy(), np.array([1.0])
+        opt.step()
+        p *= 1 - 0.01 * 0.1
+        m = 0.9 * m + 0.1 * g
+        v = 0.99 * v + 0.01 * g * g
+        p -= 0.01 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.99**t)) + 1e-8)
+    np.testing.assert_allclose(decayed.data, p, rtol=1e-12)
+    np.testing.assert_allclose(plain.data, [0.5 - 2 * 0.01], rtol=1e-9)  # Adam steps of size lr, no decay
+
+
+def test_adamw_minimises_a_quadratic():
+    p = param([3.0, -4.0])
+    opt = optim.AdamW([p], lr=0.1, weight_decay=0.0)
+    for _ in range(300):
+        loss = ((p - 1.0) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    np.testing.assert_allclose(p.data, [1.0, 1.0], atol=1e-2)
+
+
+def test_adamw_state_round_trip():
+    p = param([1.0, 2.0])
+    opt = optim.AdamW([p], lr=0.1)
+    p.grad = np.array([0.3, -0.1])
+    opt.step()
+    q = param(p.data.copy())
+    opt2 = optim.AdamW([q], lr=0.1)
+    opt2.load_state_dict(opt.state_dict())
+    p.grad = q.grad = np.array([0.2, 0.2])
+    opt.step()
+    opt2.step()
+    np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_clip_grad_norm_returns_the_norm_before_clipping():
+    a, b = param([0.0, 0.0]), param([0.0])
+    a.grad, b.grad = np.array([3.0, 0.0]), np.array([4.0])
+    assert optim.clip_grad_norm([a, b], max_norm=1.0) == pytest.approx(5.0)
+    total = math.sqrt((a.grad**2).sum() + (b.grad**2).sum())
+    assert total == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(a.grad, [0.6, 0.0], rtol=1e-5)
+    a.grad = np.array([0.1, 0.0])
+    b.grad = np.array([0.0])
+    assert optim.clip_grad_norm([a, b], max_norm=1.0) == pytest.approx(0.1)
+    np.testing.assert_allclose(a.grad, [0.1, 0.0])  # under the limit: unchanged
+
+
+def test_cosine_schedule():
+    lr = lambda step: optim.cosine_lr(step, max_lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)  # noqa: E731
+    assert lr(0) == 0.0 and lr(5) == pytest.approx(0.5) and lr(10) == pytest.approx(1.0)
+    assert lr(60) == pytest.approx(0.55)  # halfway through the decay
+    assert lr(110) == pytest.approx(0.1) and lr(500) == pytest.approx(0.1)
+    assert all(lr(s) >= lr(s + 1) for s in range(10, 120))
