@@ -58,7 +58,6 @@ def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (cdf < u).sum(axis=-1).astype(np.int64)  # (B,) first index where cdf >= u
 
 
-@no_grad()
 def stream(
     model: LanguageModel,
     idx: np.ndarray,
@@ -74,7 +73,8 @@ def stream(
     idx = np.asarray(idx, dtype=np.int64)
     cache = model.new_cache() if use_cache else None
     for _ in range(max_new_tokens):
-        logits = model.next_logits(idx, cache)  # (B, V)
+        with no_grad():  # (inside the loop: a generator's body runs outside any decorator)
+            logits = model.next_logits(idx, cache)  # (B, V)
         probs = probabilities(np.asarray(logits.numpy()), temperature, top_k, top_p)
         nxt = sample(probs, rng)  # (B,)
         idx = np.concatenate([idx, nxt[:, None]], axis=1)  # (B, t + 1)

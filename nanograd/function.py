@@ -49,6 +49,7 @@ class Function:
 
     parents: tuple[Tensor, ...] = ()
     needs_grad: tuple[bool, ...] = ()
+    tensor_class: type[Tensor]  # set by tensor.py, which imports this module (not the reverse)
 
     def forward(self, *arrays: Any, **options: Any) -> Any:
         raise NotImplementedError
@@ -59,15 +60,13 @@ class Function:
     @classmethod
     def apply(cls, *inputs: Tensor, **options: Any) -> Tensor:
         """Run the op on tensors; link the result into the graph if any input needs a gradient."""
-        from .tensor import Tensor
-
         fn = cls()
         fn.needs_grad = tuple(t.requires_grad for t in inputs)
         out = fn.forward(*(t.data for t in inputs), **options)
         if _grad_enabled and any(fn.needs_grad):
             fn.parents = inputs
-            return Tensor._from_op(out, fn)
-        return Tensor(out)
+            return cls.tensor_class._from_op(out, fn)
+        return cls.tensor_class(out)
 
 
 def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...], op: str) -> tuple[int, ...]:

@@ -267,4 +267,5 @@ class Tensor:
         return self.transpose()
 
 
+Function.tensor_class = Tensor
 from . import ops  # noqa: E402  (ops import Function, which this module also uses)
