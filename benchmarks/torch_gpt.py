@@ -1,0 +1,118 @@
+"""The same models in PyTorch, written here for the side-by-side benchmarks (never imported by
+nanograd or gpt). Architecture, initialisation and parameter names mirror gpt/model.py and
+gpt/bigram.py, so that weights can be copied across and the losses compared."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpt.model import GPTConfig
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class TorchGPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        for name, p in self.named_parameters():  # GPT-2 initialisation, as gpt/model.py
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * config.n_layer))
+            elif p.dim() == 2:
+                nn.init.normal_(p, 0.0, 0.02)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        t = self.transformer
+        x = t.drop(t.wte(idx) + t.wpe(torch.arange(idx.shape[1], device=idx.device)))
+        for block in t.h:
+            x = block(x)
+        logits = self.lm_head(t.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+class TorchBigram(nn.Module):
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+        nn.init.normal_(self.token_embedding_table.weight, 0.0, 0.01)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.token_embedding_table(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def copy_weights(nanograd_model, torch_model: nn.Module) -> None:
+    """Load nanograd weights into the torch model; Linear weights are (in, out) there, (out, in) here."""
+    state = torch_model.state_dict()
+    for name, value in nanograd_model.state_dict().items():
+        linear = value.ndim == 2 and ("c_attn" in name or "c_proj" in name or "c_fc" in name or "lm_head" in name)
+        state[name] = torch.from_numpy(np.ascontiguousarray(value.T if linear else value))
+    if getattr(getattr(nanograd_model, "config", None), "tie_weights", False):
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # the same tensor in torch
+    torch_model.load_state_dict(state)
+
+
+def check_same_loss(nanograd_model, torch_model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Copy the weights over and compare the losses on one batch: validate before timing."""
+    copy_weights(nanograd_model, torch_model)
+    ours = nanograd_model(x, y)[1].item()
+    theirs = torch_model(torch.from_numpy(x), torch.from_numpy(y)).item()
+    if abs(ours - theirs) > 1e-4:
+        raise AssertionError(f"the models disagree: nanograd loss {ours:.6f}, torch loss {theirs:.6f}")
+    return ours
