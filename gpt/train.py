@@ -115,7 +115,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     if model is None:
         model = build_model(config, tokenizer.vocab_size).to(device)
     n_params = model.num_parameters()
-    log(f"{config.model}: {n_params / 1e6:.2f}M parameters, vocabulary {tokenizer.vocab_size}, "
+    log(f"{config.model}: {n_params:,} parameters, vocabulary {tokenizer.vocab_size}, "
         f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
     optimizer = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                             betas=(config.beta1, config.beta2))
@@ -154,14 +154,15 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
                 row = {"step": step,
                        "train_loss": estimate_loss(model, eval_batches["train"], device),
                        "val_loss": estimate_loss(model, eval_batches["val"], device),
-                       "lr": lr_at(config, step), "grad_norm": grad_norm,
+                       "lr": lr_at(config, step), "grad_norm": None if math.isnan(grad_norm) else grad_norm,
                        "clipped_steps": state["clipped_steps"], "elapsed_s": round(state["elapsed_s"], 3),
                        "tokens_per_s": round(train_steps * tokens_per_step / train_seconds, 1)
                        if train_steps else None}
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                log(f"step {step}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                    f"grad norm {grad_norm:.3f}, clipped steps {state['clipped_steps']}")
+                health = "" if math.isnan(grad_norm) else \
+                    f", grad norm {grad_norm:.3f}, clipped steps {state['clipped_steps']}"
+                log(f"step {step}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}{health}")
                 if row["val_loss"] < state["best_val_loss"]:
                     state["best_val_loss"] = row["val_loss"]
                     save(checkpoint_path(out_dir, best=True))
