@@ -6,8 +6,6 @@ Shapes: B = batch size, T = block size (the context length).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .fileio import atomic_write
 from .tokenizer import CharTokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -35,17 +34,7 @@ def download_shakespeare(path: Path = DEFAULT_CORPUS) -> None:
     digest = hashlib.sha256(content).hexdigest()
     if digest != SHAKESPEARE_SHA256:
         raise UserError(f"downloaded tiny shakespeare has sha256 {digest}, expected {SHAKESPEARE_SHA256}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(content))
 
 
 def load_text(path: str | Path | None = None) -> str:

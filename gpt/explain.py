@@ -29,7 +29,7 @@ from nanograd import functional as F
 
 from .bigram import BigramLanguageModel
 from .data import CharDataset, load_text
-from .errors import UserError
+from .errors import UserError, exit_status
 from .model import GPT, GPTConfig
 from .run import checkpoint_path, load_run
 
@@ -281,12 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: args.run(args))
 
 
 if __name__ == "__main__":

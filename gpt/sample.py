@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TextIO
 
 import numpy as np
 
 from . import sampling
-from .errors import UserError
+from .errors import UserError, exit_status
 from .run import check_device, checkpoint_path, load_run
 
 
@@ -47,38 +48,36 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--stop must not be empty")
 
 
-def main(argv: list[str] | None = None, out=None) -> int:
-    out = out or sys.stdout
+def write_samples(args: argparse.Namespace, out: TextIO) -> None:
+    check_args(args)
+    device = check_device(args.device)
+    model, config, tokenizer, _, _ = load_run(checkpoint_path(args.out_dir, best=args.best), device)
+    model.eval()
+    prompt = tokenizer.encode(args.prompt)
+    if len(prompt) == 0:
+        raise UserError("--prompt must not be empty")
+    if len(prompt) > config.block_size and config.model == "gpt":
+        print(f"note: the prompt has {len(prompt)} characters; the model sees the last "
+              f"{config.block_size} (its block size)", file=sys.stderr)
+    rng = np.random.default_rng(args.seed)
+    for i in range(args.num_samples):
+        text = args.prompt
+        out.write(text)
+        idx = np.asarray(prompt, dtype=np.int64)[None, :]  # (1, t)
+        for token in sampling.stream(model, idx, args.max_new_tokens, args.temperature, args.top_k,
+                                     args.top_p, rng=rng, use_cache=not args.no_cache):
+            piece = tokenizer.decode(token)
+            text += piece
+            out.write(piece)
+            out.flush()  # stream: show each character as soon as it is drawn
+            if args.stop and text.endswith(args.stop):
+                break
+        out.write("\n" if i == args.num_samples - 1 else "\n---------------\n")
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        device = check_device(args.device)
-        model, config, tokenizer, _, _ = load_run(checkpoint_path(args.out_dir, best=args.best), device)
-        model.eval()
-        prompt = tokenizer.encode(args.prompt)
-        if len(prompt) == 0:
-            raise UserError("--prompt must not be empty")
-        if len(prompt) > config.block_size and config.model == "gpt":
-            print(f"note: the prompt has {len(prompt)} characters; the model sees the last "
-                  f"{config.block_size} (its block size)", file=sys.stderr)
-        rng = np.random.default_rng(args.seed)
-        for i in range(args.num_samples):
-            text = args.prompt
-            out.write(text)
-            idx = np.asarray(prompt, dtype=np.int64)[None, :]  # (1, t)
-            for token in sampling.stream(model, idx, args.max_new_tokens, args.temperature, args.top_k,
-                                         args.top_p, rng=rng, use_cache=not args.no_cache):
-                piece = tokenizer.decode(token)
-                text += piece
-                out.write(piece)
-                out.flush()
-                if args.stop and text.endswith(args.stop):
-                    break
-            out.write("\n" if i == args.num_samples - 1 else "\n---------------\n")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: write_samples(args, sys.stdout))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from nanograd import backend, no_grad, optim
 
 from . import sampling
 from .data import CharDataset, load_text
-from .errors import UserError
+from .errors import UserError, exit_status
 from .run import (
     TrainConfig,
     build_model,
@@ -223,24 +223,22 @@ def _tqdm_write(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def run(args) -> None:
+    if args.resume:
+        device = check_device(args.device or "cpu")
+        model, saved, tokenizer, meta, arrays = load_run(checkpoint_path(args.out_dir or "out"), device)
+        train(resolve(args, saved=vars(saved)), resume_meta=meta, model=model, tokenizer=tokenizer, arrays=arrays)
+    else:
+        train(resolve(args))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("Train a character-level GPT (or bigram) with nanograd.")
-    args = parser.parse_args(argv)
+    args = build_parser("Train a character-level GPT (or bigram) with nanograd.").parse_args(argv)
     try:
-        if args.resume:
-            device = check_device(args.device or "cpu")
-            model, saved, tokenizer, meta, arrays = load_run(checkpoint_path(args.out_dir or "out"), device)
-            config = resolve(args, saved=vars(saved))
-            train(config, resume_meta=meta, model=model, tokenizer=tokenizer, arrays=arrays)
-        else:
-            train(resolve(args))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        return exit_status(lambda: run(args))
+    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint is still whole
         print("interrupted (no checkpoint written since the last evaluation)", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":
