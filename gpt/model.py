@@ -18,6 +18,7 @@ from nanograd.backend import generator
 
 from .bigram import next_token_loss
 from .errors import UserError
+from .kvcache import KVCache
 
 
 @dataclass
@@ -41,31 +42,6 @@ class GPTConfig:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-class KVCache:
-    """The keys and values of the tokens generated so far, one (k, v) pair per layer.
-
-    With it, each new token runs the network on one position and attends to the cached
-    past, instead of recomputing the whole context.
-    """
-
-    def __init__(self, n_layer: int):
-        self.n_layer = n_layer
-        self.reset()
-
-    def reset(self, start: int = 0) -> None:
-        self.layers: list[tuple[Tensor, Tensor] | None] = [None] * self.n_layer
-        self.start = start  # index in the whole sequence of the first cached token
-        self.length = 0  # tokens cached
-
-    def extend(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append this step's k, v (B, nh, T, hs); return all of them (B, nh, length + T, hs)."""
-        past = self.layers[layer]
-        if past is not None:
-            k, v = F.concat([past[0], k], axis=2), F.concat([past[1], v], axis=2)
-        self.layers[layer] = (k, v)
-        return k, v
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         self.n_head = config.n_head
@@ -74,18 +50,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        B, T, C = x.shape  # batch, time, channels
-        qkv = self.c_attn(x)  # (B, T, 3C)
-        if cache is None:  # training and plain forward: one fused op, see F.self_attention
-            dropout = self.dropout if self.training else 0.0
-            y = F.self_attention(qkv, self.n_head, causal=True, dropout=dropout)  # (B, T, C)
-        else:  # generation: the same attention, step by step, over cached keys and values
-            nh, hs = self.n_head, C // self.n_head
-            qkv = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-            k, v = cache.extend(layer, qkv[1], qkv[2])  # (B, nh, past + T, hs)
-            y = F.scaled_dot_product_attention(qkv[0], k, v, causal=True)  # (B, nh, T, hs)
-            y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C)
+    def forward(self, x: Tensor) -> Tensor:
+        qkv = self.c_attn(x)  # (B, T, 3C): the queries, keys and values of every head at once
+        dropout = self.dropout if self.training else 0.0
+        y = F.self_attention(qkv, self.n_head, causal=True, dropout=dropout)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
 
@@ -113,8 +81,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
@@ -152,21 +120,15 @@ class GPT(nn.Module):
             elif name.endswith(".bias"):
                 p.data[...] = 0  # LayerNorm weights (1-D) keep their 1s
 
-    def forward(
-        self, idx: Any, targets: Any = None, cache: KVCache | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) ids -> logits (B, T, V), and the mean cross-entropy if targets are given."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
         wte, wpe = self.transformer.wte, self.transformer.wpe
-        positions = np.arange(start, start + T)  # (T,)
-        x = self.transformer.drop(wte(idx) + wpe(positions))  # (B, T, C) + (T, C) -> (B, T, C)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)  # (B, T, C)
-        if cache is not None:
-            cache.length += T
+        x = self.transformer.drop(wte(idx) + wpe(np.arange(T)))  # (B, T, C) + (T, C) -> (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
         logits = self._head(x)  # (B, T, V)
         return logits, next_token_loss(logits, targets)
@@ -177,30 +139,23 @@ class GPT(nn.Module):
             return x @ self.transformer.wte.weight.transpose(0, 1)  # (..., C) @ (C, V)
         return self.lm_head(x)
 
+    def _head_array(self, x: Any) -> Any:
+        """The same on a plain array (for gpt.kvcache)."""
+        if self.config.tie_weights:
+            return x @ self.transformer.wte.weight.data.T
+        return x @ self.lm_head.weight.data
+
     # ---- generation ------------------------------------------------------------------------
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_layer)
+        return KVCache(self)
 
     def next_logits(self, idx: np.ndarray, cache: KVCache | None) -> Tensor:
-        """Logits (B, V) for the token after idx (B, t); see gpt.sampling.stream.
-
-        Without a cache: a full forward pass over the last block_size tokens. With one: only
-        the tokens not yet cached go through the network. When the context outgrows
-        block_size, the cache restarts from the last block_size // 2 tokens (one forward
-        pass), so the model then sees between half and all of its window; the position
-        embeddings leave no exact cheaper way to slide the window.
-        """
-        block = self.config.block_size
+        """Logits (B, V) for the token after idx (B, t); see gpt.sampling.stream. Without a
+        cache, a full forward pass over the last block_size tokens; with one, see gpt.kvcache."""
         if cache is None:
-            logits, _ = self.forward(idx[:, -block:])
+            logits, _ = self.forward(idx[:, -self.config.block_size :])
             return logits[:, -1, :]
-        total = idx.shape[1]
-        if cache.length == 0:  # first call: fill the cache with the last block_size tokens
-            cache.start = max(0, total - block)
-        elif total - cache.start > block:  # window full: restart from its second half
-            cache.reset(start=total - block // 2)
-        logits, _ = self.forward(idx[:, cache.start + cache.length :], cache=cache)
-        return logits[:, -1, :]
+        return Tensor(cache.next_logits(idx))
 
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
