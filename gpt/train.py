@@ -68,6 +68,24 @@ def estimate_loss(model: Any, batches: list[tuple[np.ndarray, np.ndarray]], devi
     return float(np.mean(losses))
 
 
+def train_step(model: Any, optimizer: optim.AdamW, x: np.ndarray, y: np.ndarray, config: TrainConfig,
+               device: str) -> tuple[float, float]:
+    """One update: forward, backward, clip, AdamW. Returns (loss, gradient norm before clipping).
+
+    A non-finite loss returns before the update, so the model stays as it was.
+    """
+    _, loss = model(backend.to_device(x, device), backend.to_device(y, device))
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        return loss_value, math.nan
+    optimizer.zero_grad()
+    loss.backward()
+    # the norm before clipping is the health signal (max_norm inf only measures it)
+    grad_norm = optim.clip_grad_norm(model.parameters(), config.grad_clip or math.inf)
+    optimizer.step()
+    return loss_value, grad_norm
+
+
 def lr_at(config: TrainConfig, step: int) -> float:
     if not config.decay_lr:
         return optim.cosine_lr(step, config.lr, config.lr, config.warmup_iters, config.warmup_iters)
@@ -180,17 +198,11 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
             t0 = time.perf_counter()
             optimizer.lr = lr_at(config, step)
             x, y = dataset.get_batch("train", config.batch_size, config.block_size, batch_rng)
-            _, loss = model(backend.to_device(x, device), backend.to_device(y, device))
-            loss_value = loss.item()
+            loss_value, grad_norm = train_step(model, optimizer, x, y, config, device)
             if not math.isfinite(loss_value):
                 raise UserError(f"loss became {loss_value} at step {step}; the last good checkpoint "
                                 f"is {checkpoint_path(out_dir)} (try a lower --lr)")
-            optimizer.zero_grad()
-            loss.backward()
-            # the norm before clipping is the health signal; max_norm inf only measures it
-            grad_norm = optim.clip_grad_norm(model.parameters(), config.grad_clip or math.inf)
             state["clipped_steps"] += bool(config.grad_clip and grad_norm > config.grad_clip)
-            optimizer.step()
             state["step"] = step + 1
             train_seconds += time.perf_counter() - t0
             train_steps += 1
