@@ -25,16 +25,16 @@ def random_ids(shape, vocab=TINY["vocab_size"], seed=0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("tie_weights", [True, False])
-def test_changing_future_tokens_leaves_past_logits_unchanged(tie_weights):
-    model = tiny_gpt(tie_weights=tie_weights, block_size=8)
+def test_changing_future_tokens_leaves_past_logits_unchanged(tie_weights, device):
+    model = tiny_gpt(tie_weights=tie_weights, block_size=8).to(device)
     idx = random_ids((2, 8))
-    logits, _ = model(idx)
+    logits = model(idx)[0].numpy()
     for t in range(7):
         changed = idx.copy()
         changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % TINY["vocab_size"]
-        logits_changed, _ = model(changed)
-        np.testing.assert_allclose(logits_changed.data[:, : t + 1], logits.data[:, : t + 1], atol=1e-6)
-        assert not np.allclose(logits_changed.data[:, t + 1 :], logits.data[:, t + 1 :])
+        logits_changed = model(changed)[0].numpy()
+        np.testing.assert_allclose(logits_changed[:, : t + 1], logits[:, : t + 1], atol=1e-6)
+        assert not np.allclose(logits_changed[:, t + 1 :], logits[:, t + 1 :])
 
 
 @pytest.mark.parametrize("bias,tie_weights", [(True, True), (False, False)])
@@ -54,14 +54,14 @@ def test_untrained_loss_is_near_uniform_guess():
     assert abs(loss.item() - math.log(65)) < 0.1
 
 
-def test_kv_cached_and_uncached_generation_agree_within_block():
-    model = tiny_gpt(block_size=8).eval()
+def test_kv_cached_and_uncached_generation_agree_within_block(device):
+    model = tiny_gpt(block_size=8).to(device).eval()
     cache = model.new_cache()
     idx = random_ids((3, 2), seed=5)
     with no_grad():
         for _ in range(6):
-            full = model.next_logits(idx, None).data
-            cached = model.next_logits(idx, cache).data
+            full = model.next_logits(idx, None).numpy()
+            cached = model.next_logits(idx, cache).numpy()
             np.testing.assert_allclose(cached, full, atol=1e-5)
             idx = np.concatenate([idx, random_ids((3, 1), seed=idx.shape[1])], axis=1)
 

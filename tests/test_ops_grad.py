@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nanograd import Tensor, gradcheck
@@ -202,11 +202,12 @@ OPS = {
 
 
 @pytest.mark.parametrize("name", list(OPS))
-@settings(deadline=None, max_examples=15)
+# the device fixture only names a backend, so sharing it across examples is safe
+@settings(deadline=None, max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_gradient_matches_finite_differences(name, data):
+def test_gradient_matches_finite_differences(name, device, data):
     fn, inputs = data.draw(OPS[name], label=name)
-    assert gradcheck(fn, *inputs)
+    assert gradcheck(fn, *(x.to(device) for x in inputs))
 
 
 def test_gradcheck_catches_a_wrong_gradient_and_names_the_element():

@@ -169,6 +169,7 @@ def test_bad_checkpoints_and_prompts_get_one_line_errors(text_file, tmp_path, ca
     assert len(errors) == 3 and all(line.startswith("error:") for line in errors)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflows that make the loss inf
 def test_diverging_loss_stops_with_the_last_good_checkpoint(text_file, tmp_path, capsys):
     out = tmp_path / "run"
     code = run_train("--data", text_file, "--out-dir", out, "--max-iters", "50", "--eval-interval", "100",
