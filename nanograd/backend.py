@@ -71,17 +71,26 @@ def to_numpy(array: Any) -> np.ndarray:
     return to_device(array, "cpu")
 
 
+ONE_HOT_MAX_ELEMENTS = 1 << 20  # above this, scatter_add_rows sorts instead of multiplying
+
+
 def scatter_add_rows(out: Any, rows: Any, values: Any) -> None:
     """out[rows[i]] += values[i] for every i, with repeated rows accumulating.
 
     out: (V, C), rows: (N,) ints, values: (N, C). Plain `out[rows] += values` would keep only
     one of the repeats, and np.add.at is correct but slow (an unbuffered per-element loop).
-    NumPy: sort the rows, sum each run of equal ids with one add.reduceat, add once per id.
-    CuPy: cupyx.scatter_add, an atomic add on the GPU.
+    Small tables (a character vocabulary, the positions): one matrix product with the one-hot
+    matrix of the rows, onehot (V, N) @ values (N, C). Large ones, where that matrix would be
+    big: on NumPy, sort the rows, sum each run of equal ids with one add.reduceat and add once
+    per id; on CuPy, cupyx.scatter_add, an atomic add on the GPU.
     """
     if len(rows) == 0:
         return
     xp = array_module(out)
+    if out.shape[0] * len(rows) <= ONE_HOT_MAX_ELEMENTS:
+        onehot = rows[None, :] == xp.arange(out.shape[0])[:, None]  # (V, N): onehot[v, n] = rows[n] == v
+        out += onehot.astype(values.dtype) @ values
+        return
     if xp is not np:
         import cupyx
 

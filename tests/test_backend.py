@@ -53,7 +53,9 @@ def test_device_names_are_normalised():
     assert Tensor([1.0]).device == "cpu"
 
 
-def test_scatter_add_rows_accumulates_repeats_like_add_at():
+@pytest.mark.parametrize("one_hot_max", [backend.ONE_HOT_MAX_ELEMENTS, 0], ids=["one-hot", "sorted"])
+def test_scatter_add_rows_accumulates_repeats_like_add_at(monkeypatch, one_hot_max):
+    monkeypatch.setattr(backend, "ONE_HOT_MAX_ELEMENTS", one_hot_max)  # both strategies
     rng = np.random.default_rng(0)
     rows = rng.integers(0, 5, 40)
     values = rng.standard_normal((40, 3))
