@@ -72,9 +72,10 @@ def movement(draw):
 def matmul(draw):
     n, k, m = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
     batch_a, batch_b = draw(broadcast_pair(max_dims=2))
-    kind = draw(st.sampled_from(["2d", "batched", "batched@2d", "vector"]))
+    kind = draw(st.sampled_from(["2d", "batched", "batched@2d", "vector@matrix", "matrix@vector", "dot"]))
     a_shape, b_shape = {"2d": ((n, k), (k, m)), "batched": (batch_a + (n, k), batch_b + (k, m)),
-                        "batched@2d": (batch_a + (n, k), (k, m)), "vector": ((k,), (k, m))}[kind]
+                        "batched@2d": (batch_a + (n, k), (k, m)), "vector@matrix": ((k,), (k, m)),
+                        "matrix@vector": (batch_a + (n, k), (k,)), "dot": ((k,), (k,))}[kind]
     return (lambda a, b: a @ b), (draw(tensor(a_shape)), draw(tensor(b_shape)))
 
 

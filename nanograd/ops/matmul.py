@@ -41,9 +41,11 @@ class MatMul(Function):
 
     def backward(self, g):
         a, b = self.a, self.b
-        if self.a_was_vector:
+        if self.a_was_vector and self.b_was_vector:
+            g = g.reshape(1, 1)  # a dot product: its scalar as a 1 x 1 matrix
+        elif self.a_was_vector:
             g = g[..., None, :]  # put back the n = 1 axis
-        if self.b_was_vector:
+        elif self.b_was_vector:
             g = g[..., None]  # put back the m = 1 axis
         da = db = None
         if self.needs_grad[0]:
