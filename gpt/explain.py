@@ -239,6 +239,14 @@ def _best_time(fn, *args, repeats: int = 5) -> float:
     return best
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (argparse prints the error and exits 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     topics = parser.add_subparsers(dest="topic", required=True)
@@ -252,20 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     topic("vocab", vocab, "the vocabulary and the tokenizer").add_argument("--text", default="hii there")
-    topic("chunk", chunk, "the T examples in one chunk").add_argument("--block-size", type=int, default=8)
+    topic("chunk", chunk, "the T examples in one chunk").add_argument("--block-size", type=positive_int, default=8)
     p = topic("batch", batch, "a batch of chunks")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--block-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--block-size", type=positive_int, default=8)
     topic("initial-loss", initial_loss, "untrained losses next to ln(V)")
     p = topic("bigram", bigram, "a trained bigram's predictions and table", data=False)
     p.add_argument("--out-dir", default="out-bigram")
     p.add_argument("--char", default="a")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=positive_int, default=5)
     p.add_argument("--png", default=None, help="save the table as a heat map")
     topic("averaging", averaging, "causal averaging as a matrix product", data=False).add_argument(
-        "--block-size", type=int, default=4)
+        "--block-size", type=positive_int, default=4)
     topic("scaling", scaling, "why scores are scaled by 1/sqrt(head size)", data=False).add_argument(
-        "--head-size", type=int, default=16)
+        "--head-size", type=positive_int, default=16)
     p = topic("attention", attention, "one head's attention weights", data=False)
     p.add_argument("--out-dir", default="out")
     p.add_argument("--prompt", default="ROMEO:\nBut soft!")
@@ -273,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", type=int, default=0)
     p.add_argument("--png", default=None, help="save the weights as a heat map")
     topic("cost", cost, "forward time against block size", data=False).add_argument(
-        "--block-sizes", type=int, nargs="+", default=[64, 128, 256, 512])
+        "--block-sizes", type=positive_int, nargs="+", default=[64, 128, 256, 512])
     p = topic("gradcheck", gradcheck, "check an op's gradient against finite differences", data=False)
     p.add_argument("op", choices=["softmax", "cross_entropy", "layer_norm", "gelu", "matmul", "embedding", "attention"])
     return parser
