@@ -6,6 +6,7 @@ Shapes: B = batch size, T = block size (the context length).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,27 +19,34 @@ from .tokenizer import CharTokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-DEFAULT_CORPUS = Path("data/tinyshakespeare/input.txt")
+DEFAULT_CORPUS = Path("data/tinyshakespeare/input.txt")  # relative to the current directory
+DOWNLOAD_TIMEOUT_S = 30
 
 
 def download_shakespeare(path: Path = DEFAULT_CORPUS) -> None:
-    """Fetch tiny shakespeare once, check its sha256, and write it atomically."""
+    """Fetch tiny shakespeare once, check its sha256, and write it atomically (a temporary file
+    beside path, renamed over it), so an interrupted download never leaves a partial corpus."""
     try:
-        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
+        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=DOWNLOAD_TIMEOUT_S) as response:
             content = response.read()
-    except (urllib.error.URLError, OSError) as exc:
+    except (OSError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
         raise UserError(
             f"tiny shakespeare is not at {path} and could not be downloaded ({exc}); put the file "
             f"there (from {SHAKESPEARE_URL}), or pass --data PATH to train on any UTF-8 text file"
         ) from None
     digest = hashlib.sha256(content).hexdigest()
     if digest != SHAKESPEARE_SHA256:
-        raise UserError(f"downloaded tiny shakespeare has sha256 {digest}, expected {SHAKESPEARE_SHA256}")
+        raise UserError(
+            f"downloaded tiny shakespeare has sha256 {digest}, expected {SHAKESPEARE_SHA256}; put the "
+            f"file at {path} yourself, or pass --data PATH to train on any UTF-8 text file"
+        )
     atomic_write(path, lambda f: f.write(content))
 
 
 def load_text(path: str | Path | None = None) -> str:
-    """The training text: a UTF-8 file, or tiny shakespeare (downloaded on first use)."""
+    """The training text: a UTF-8 file, or tiny shakespeare (downloaded on first use).
+
+    Every problem with the file is a one-line UserError naming the path."""
     if path is None:
         path = DEFAULT_CORPUS
         if not path.exists():
@@ -67,7 +75,7 @@ class CharDataset:
     def __init__(self, text: str, tokenizer: CharTokenizer | None = None, val_fraction: float = 0.1):
         if not 0 <= val_fraction < 1:
             raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.tokenizer = tokenizer or CharTokenizer.from_text(text)
+        self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer.from_text(text)
         self.val_fraction = val_fraction
         ids = self.tokenizer.encode(text)  # smallest unsigned dtype: 1 byte per character here
         n_train = int(len(ids) * (1 - val_fraction))
@@ -78,22 +86,26 @@ class CharDataset:
         return self.tokenizer.vocab_size
 
     def split(self, name: str) -> np.ndarray:
+        """The ids of the 'train' or 'val' split."""
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
         return self.train if name == "train" else self.val
 
     def check_block_size(self, block_size: int) -> None:
-        """Every split that is used must hold at least one chunk of block_size + 1 tokens."""
+        """Every split that is used must hold at least one chunk of block_size + 1 tokens:
+        checked once up front, so a bad --block-size fails before training starts."""
+        for name in ("train", "val") if self.val_fraction > 0 else ("train",):
+            self._check_chunk_fits(name, block_size)
+
+    def _check_chunk_fits(self, split: str, block_size: int) -> None:
         if block_size <= 0:
             raise UserError(f"block size must be positive, got {block_size}")
-        splits = ("train", "val") if self.val_fraction > 0 else ("train",)
-        for name in splits:
-            n = len(self.split(name))
-            if n < block_size + 1:
-                raise UserError(
-                    f"the {name} split has {n} tokens, shorter than block size {block_size} + 1: "
-                    "use a longer text or a smaller --block-size"
-                )
+        n = len(self.split(split))
+        if n < block_size + 1:
+            raise UserError(
+                f"the {split} split has {n} tokens, shorter than block size {block_size} + 1: "
+                "use a longer text or a smaller --block-size"
+            )
 
     def get_batch(self, split: str, batch_size: int, block_size: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -102,15 +114,19 @@ class CharDataset:
         Each chunk holds T training examples at once: for every t, the context x[:t+1]
         should predict y[t].
         """
-        if batch_size <= 0 or block_size <= 0:
-            raise UserError(f"batch and block size must be positive, got {batch_size} and {block_size}")
+        if batch_size <= 0:
+            raise UserError(f"batch size must be positive, got {batch_size}")
+        self._check_chunk_fits(split, block_size)
         data = self.split(split)
-        starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,)
+        starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,): every valid start
         chunks = data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (B, T + 1)
         return chunks[:, :-1], chunks[:, 1:]
 
     def fixed_batches(self, split: str, n: int, batch_size: int, block_size: int,
                       seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """n batches drawn once from their own seed: the same evaluation set at every step."""
+        """n batches drawn once from their own seed: the same evaluation set at every step and
+        in every run, so loss estimates differ only because the model did."""
+        if n <= 0:
+            raise UserError(f"the number of evaluation batches must be positive, got {n}")
         rng = np.random.default_rng(seed)
         return [self.get_batch(split, batch_size, block_size, rng) for _ in range(n)]

@@ -13,29 +13,39 @@ import numpy as np
 
 from .errors import UserError
 
+MAX_LISTED = 20  # unknown characters named in an error message, at most
+
 
 def smallest_uint(n: int) -> np.dtype:
-    """The smallest unsigned integer dtype that holds the ids 0 .. n-1."""
+    """The smallest unsigned integer dtype that holds the ids 0 .. n-1 (1 byte per token for
+    a vocabulary of up to 256 characters, so a 1 MB corpus takes 1 MB as ids)."""
     for dtype in (np.uint8, np.uint16, np.uint32):
         if n - 1 <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.uint64)
 
 
+def _codepoints(text: str) -> np.ndarray:
+    """The Unicode code points of text as a uint32 array, without a Python loop (UTF-32 is
+    exactly one 4-byte unit per character)."""
+    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+
+
 class CharTokenizer:
     """encode: text -> ids (the positions of the characters in the sorted vocabulary);
     decode: ids -> text."""
 
-    def __init__(self, chars: Iterable[str]):
-        self.chars = sorted(set(chars))
-        if not self.chars or any(len(c) != 1 for c in self.chars):
+    def __init__(self, chars: str | Iterable[str]):
+        self.chars: list[str] = sorted(set(chars))
+        if not self.chars or any(not isinstance(c, str) or len(c) != 1 for c in self.chars):
             raise UserError("a tokenizer vocabulary must be a non-empty set of single characters")
         self.dtype = smallest_uint(len(self.chars))
-        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.int64)  # sorted
+        self._vocab_codepoints = _codepoints("".join(self.chars))  # sorted, as self.chars is
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
-        return cls(set(text))
+        """The tokenizer whose vocabulary is every character that occurs in text."""
+        return cls(text)
 
     @property
     def vocab_size(self) -> int:
@@ -44,26 +54,36 @@ class CharTokenizer:
     def encode(self, text: str) -> np.ndarray:
         """ids (len(text),) of dtype self.dtype. Vectorised: text as an array of code points,
         looked up in the sorted vocabulary with one binary search per character."""
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-        ids = np.searchsorted(self._codepoints, codepoints)
-        found = ids < len(self.chars)
-        found[found] = self._codepoints[ids[found]] == codepoints[found]
+        codepoints = _codepoints(text)
+        ids = np.searchsorted(self._vocab_codepoints, codepoints)
+        found = ids < self.vocab_size
+        found[found] = self._vocab_codepoints[ids[found]] == codepoints[found]
         if not found.all():
-            unknown = sorted({chr(c) for c in codepoints[~found]})
-            listed = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-            raise UserError(f"characters not in the vocabulary: {listed}")
+            unknown = [chr(c) for c in np.unique(codepoints[~found])]
+            listed = ", ".join(repr(c) for c in unknown[:MAX_LISTED])
+            more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
+            raise UserError(f"characters not in the vocabulary: {listed}{more}")
         return ids.astype(self.dtype)
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
-        return "".join(self.chars[i] for i in np.asarray(ids, dtype=np.int64).reshape(-1))
+        """The text of a sequence of ids (a list, an array of any integer dtype, or one id)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        outside = (ids < 0) | (ids >= self.vocab_size)
+        if outside.any():
+            raise UserError(f"token id {ids[outside][0]} is outside the vocabulary [0, {self.vocab_size})")
+        return self._vocab_codepoints[ids].tobytes().decode("utf-32-le", errors="surrogatepass")
 
     def to_json(self) -> str:
+        """The vocabulary as JSON, stored in checkpoints so sampling uses the same ids."""
         return json.dumps({"type": "char", "chars": "".join(self.chars)})
 
     @classmethod
     def from_json(cls, text: str) -> CharTokenizer:
+        """The tokenizer described by to_json's output."""
         try:
             obj = json.loads(text)
-            return cls(obj["chars"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"not a tokenizer description ({type(exc).__name__}: {exc})") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"tokenizer description is not valid JSON ({exc})") from None
+        if not isinstance(obj, dict) or obj.get("type") != "char" or not isinstance(obj.get("chars"), str):
+            raise UserError('tokenizer description must be a JSON object {"type": "char", "chars": "..."}')
+        return cls(obj["chars"])

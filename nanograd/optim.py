@@ -113,12 +113,14 @@ class AdamW(Optimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-        self.flat = [_FlatGroup(g["params"]) for g in self.groups]
+        # one flat buffer per group and dtype: joining float32 and float64 would upcast
+        self.flat = [(g, _FlatGroup([p for p in g["params"] if p.dtype == dtype]))
+                     for g in self.groups for dtype in dict.fromkeys(p.dtype for p in g["params"])]
         self.t = 0
 
     def step(self) -> None:
         self.t += 1
-        for group, flat in zip(self.groups, self.flat):
+        for group, flat in self.flat:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             xp = backend.array_module(flat.data)
             g, scratch = flat.flat_grad(), flat.scratch  # in-place updates: no temporaries
@@ -140,14 +142,14 @@ class AdamW(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """Moments as NumPy arrays and the step count: enough to resume exactly."""
         state: dict[str, Any] = {"t": self.t}
-        for i, flat in enumerate(self.flat):
+        for i, (_, flat) in enumerate(self.flat):
             state[f"group{i}.m"] = backend.to_numpy(flat.m)
             state[f"group{i}.v"] = backend.to_numpy(flat.v)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
-        for i, flat in enumerate(self.flat):
+        for i, (_, flat) in enumerate(self.flat):
             for name in ("m", "v"):
                 value = state[f"group{i}.{name}"]
                 if value.shape != flat.m.shape:

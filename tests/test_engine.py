@@ -1,8 +1,6 @@
-"""The engine: accumulation, deep graphs, numerics, dtypes, no_grad, and its error messages."""
+"""The engine: the Tensor API, accumulation, deep graphs, dtypes, no_grad, and its errors."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -15,7 +13,43 @@ def leaf(values, dtype=np.float64) -> Tensor:
     return Tensor(np.array(values, dtype=dtype), requires_grad=True)
 
 
-# ---- gradient accumulation ---------------------------------------------------------------------
+# ---- the Tensor API ----------------------------------------------------------------------------
+def test_python_numbers_and_lists_become_float32_and_float64_stays():
+    assert Tensor(3).dtype == np.float32 and Tensor(2.5).dtype == np.float32
+    assert Tensor([1, 2]).dtype == np.float32 and Tensor([[1.0], [2.0]]).dtype == np.float32
+    assert Tensor(np.zeros(2)).dtype == np.float64
+    assert Tensor(np.zeros(2, dtype=np.float32)).dtype == np.float32
+    assert Tensor([1, 2], dtype=np.float64).dtype == np.float64
+
+
+def test_tensor_attributes():
+    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    assert x.shape == (2, 3) and x.ndim == 2 and x.device == "cpu" and x.requires_grad
+    assert x.grad is None
+    assert isinstance(x.numpy(), np.ndarray)
+    np.testing.assert_array_equal(x.numpy(), np.arange(6.0).reshape(2, 3))
+    assert x.sum().item() == 15.0 and isinstance(x.sum().item(), float)
+    assert not Tensor(np.ones(2)).requires_grad
+
+
+def test_detach_cuts_the_graph():
+    x = leaf([1.0, 2.0])
+    d = (x * 3).detach()
+    assert not d.requires_grad
+    np.testing.assert_array_equal(d.data, [3.0, 6.0])
+    y = (d * x).sum()  # only the path through x (not through d) reaches x
+    y.backward()
+    np.testing.assert_allclose(x.grad, [3.0, 6.0])
+
+
+def test_grad_has_the_shape_and_dtype_of_the_leaf():
+    for dtype in (np.float32, np.float64):
+        x = Tensor(np.ones((2, 3), dtype=dtype), requires_grad=True)
+        (x * 2).sum().backward()
+        assert x.grad.shape == (2, 3) and x.grad.dtype == dtype
+
+
+# ---- gradient values against hand computation ---------------------------------------------------
 def test_reused_tensor_accumulates():
     x = leaf([2.0, -3.0])
     (x * x).sum().backward()
@@ -26,31 +60,24 @@ def test_diamond_accumulates():
     x = leaf([1.5, 0.5])
     a, b = x * 2, x + 1  # L = sum(2x (x + 1)) -> dL/dx = 4x + 2
     (a * b).sum().backward()
-    np.testing.assert_allclose(x.grad, 4 * x.data + 2)
+    np.testing.assert_allclose(x.grad, [8.0, 4.0])
 
 
-def test_backward_twice_accumulates_into_leaves():
-    x = leaf([3.0])
-    (x * x).sum().backward()
-    (x * 5).sum().backward()
-    np.testing.assert_allclose(x.grad, [11.0])
+def test_scalars_on_the_left():
+    x = leaf([2.0, 4.0])
+    y = 2 - x  # dy/dx = -1
+    z = 1 / x  # dz/dx = -1/x^2
+    w = 3 * x + 1  # dw/dx = 3
+    np.testing.assert_allclose(y.data, [0.0, -2.0])
+    np.testing.assert_allclose(z.data, [0.5, 0.25])
+    (y + z + w).sum().backward()
+    np.testing.assert_allclose(x.grad, -1 - 1 / x.data**2 + 3)
 
 
-def test_retain_graph_allows_a_second_backward_that_accumulates():
-    x = leaf([1.0, 2.0])
-    loss = (x * x * x).sum()
-    loss.backward(retain_graph=True)
-    loss.backward()
-    np.testing.assert_allclose(x.grad, 2 * 3 * x.data**2)
-
-
-def test_deep_graph_does_not_hit_the_recursion_limit():
-    x = leaf([1.0])
-    y = x
-    for _ in range(5000):
-        y = y * 1.0001
-    y.sum().backward()
-    np.testing.assert_allclose(x.grad, [1.0001**5000])
+def test_pow_with_a_scalar_exponent():
+    x = leaf([2.0, 3.0])
+    (x**3).sum().backward()
+    np.testing.assert_allclose(x.grad, [12.0, 27.0])
 
 
 def test_broadcast_input_gets_a_gradient_of_its_own_shape():
@@ -61,53 +88,85 @@ def test_broadcast_input_gets_a_gradient_of_its_own_shape():
     np.testing.assert_allclose(b.grad, np.full((2, 1, 4), 3.0))
 
 
+def test_bias_broadcast_over_rows_sums_the_row_gradients():
+    x, b = leaf(np.zeros((3, 2))), leaf([0.0, 0.0])
+    ((x + b) * np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])).sum().backward()
+    np.testing.assert_allclose(b.grad, [9.0, 12.0])
+
+
+def test_repeated_integer_indices_accumulate():
+    x = leaf([10.0, 20.0, 30.0])
+    x[np.array([0, 0, 2, 0])].sum().backward()
+    np.testing.assert_allclose(x.grad, [3.0, 0.0, 1.0])
+
+
+def test_max_routes_the_gradient_to_the_maximum_only():
+    x = leaf([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]])
+    x.max(axis=1).sum().backward()
+    np.testing.assert_allclose(x.grad, [[0, 1, 0], [1, 0, 0]])
+
+
+def test_reductions_over_a_tuple_of_axes():
+    x = leaf(np.arange(24.0).reshape(2, 3, 4))
+    np.testing.assert_allclose(x.sum(axis=(0, 2)).data, x.data.sum(axis=(0, 2)))
+    np.testing.assert_allclose(x.mean(axis=(0, -1), keepdims=True).data, x.data.mean(axis=(0, 2), keepdims=True))
+    x.mean(axis=(0, 2)).sum().backward()
+    np.testing.assert_allclose(x.grad, np.full((2, 3, 4), 1 / 8))
+
+
 def test_explicit_upstream_gradient():
     x = leaf([1.0, 2.0, 3.0])
     (x * 2).backward(np.array([1.0, 0.0, -1.0]))
     np.testing.assert_allclose(x.grad, [2.0, 0.0, -2.0])
 
 
-def test_intermediate_tensors_keep_no_grad_but_leaves_do():
+def test_backward_twice_on_two_graphs_accumulates_into_leaves():
+    x = leaf([3.0])
+    (x * x).sum().backward()
+    (x * 5).sum().backward()
+    np.testing.assert_allclose(x.grad, [11.0])
+
+
+def test_retain_graph_allows_a_second_backward_that_doubles_the_gradient():
+    x = leaf([1.0, 2.0])
+    loss = (x * x * x).sum()
+    loss.backward(retain_graph=True)
+    first = x.grad.copy()
+    loss.backward()
+    np.testing.assert_allclose(first, 3 * x.data**2)
+    np.testing.assert_allclose(x.grad, 2 * first)
+
+
+def test_only_leaves_keep_a_gradient_and_zero_grad_clears_it():
     x = leaf([1.0])
     y = x * 3
     (y * y).sum().backward()
-    assert y.grad is None and x.grad is not None
+    assert y.grad is None
+    np.testing.assert_allclose(x.grad, [18.0])
     x.zero_grad()
-    assert x.grad is None
+    assert x.grad is None or not np.any(x.grad)
 
 
-# ---- numerics ----------------------------------------------------------------------------------
-def test_softmax_rows_sum_to_one():
-    x = Tensor(np.random.default_rng(0).standard_normal((5, 7)) * 10)
-    np.testing.assert_allclose(F.softmax(x).data.sum(axis=-1), 1.0)
-    np.testing.assert_allclose(F.softmax(x, axis=0).data.sum(axis=0), 1.0)
+@pytest.mark.parametrize("step, expected", [(lambda y: y * 1.0001, 1.0001**5000), (lambda y: y + 0, 1.0)],
+                         ids=["mul", "add"])
+def test_deep_graph_does_not_hit_the_recursion_limit(step, expected):
+    x = leaf([1.0])
+    y = x
+    for _ in range(5000):
+        y = step(y)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, [expected])
 
 
-@pytest.mark.parametrize("C", [1, 2, 65, 1000])
-def test_cross_entropy_of_equal_logits_is_log_C(C):
-    loss = F.cross_entropy(Tensor(np.full((4, C), 3.7)), np.arange(4) % C)
-    assert abs(loss.item() - math.log(C)) < 1e-6
-
-
-@pytest.mark.parametrize("scale", [1e4, -1e4])
-def test_softmax_family_is_finite_for_huge_logits(scale):
-    data = np.array([[1.0, -1.0, 0.5], [0.0, 2.0, -2.0]]) * scale
-    for dtype in (np.float32, np.float64):
-        for fn in (F.softmax, F.log_softmax, lambda x: F.cross_entropy(x, np.array([1, 2]))):
-            x = Tensor(data.astype(dtype), requires_grad=True)
-            out = fn(x)
-            out.sum().backward()
-            assert np.isfinite(out.data).all() and np.isfinite(x.grad).all()
-    ce = F.cross_entropy(Tensor(data), data.argmin(axis=1))
-    assert 1e3 < ce.item() < np.inf  # the least likely class: a huge, finite loss, not inf or nan
-
-
+# ---- dtypes ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fn", [
-    lambda x: x * 0.5 + 1, lambda x: x**2, lambda x: 2 / (x + 3), lambda x: x.exp().log(), lambda x: F.gelu(x),
-    lambda x: F.softmax(x), lambda x: F.log_softmax(x), lambda x: (x * x + 1).sqrt(),
-    lambda x: F.layer_norm(x, Tensor(np.ones(4, dtype=np.float32))), lambda x: x.mean(axis=0),
-    lambda x: F.cross_entropy(x, np.array([0, 1, 2])), lambda x: x @ x.T, lambda x: x.max(axis=1).tanh(),
-])
+    lambda x: x * 0.5 + 1, lambda x: x**2, lambda x: 0.5 * x - 2, lambda x: 2 - x, lambda x: 1 / (x + 3),
+    lambda x: x / 2, lambda x: -x, lambda x: x.exp().log(), lambda x: (x * x + 1).sqrt(), lambda x: x.tanh(),
+    lambda x: x.relu(), lambda x: x.mean(axis=0), lambda x: x.sum(), lambda x: x.max(axis=1),
+    lambda x: x @ x.transpose(0, 1), lambda x: x.reshape(4, 3).permute(1, 0), lambda x: x[1:, np.array([0, 0, 2])],
+    lambda x: x + Tensor(np.ones(4, dtype=np.float32)),
+], ids=["mul-add-scalar", "pow", "rmul-sub", "rsub", "rdiv", "div", "neg", "exp-log", "sqrt", "tanh", "relu",
+        "mean", "sum", "max", "matmul", "reshape-permute", "getitem", "broadcast-add"])
 def test_float32_stays_float32_forward_and_backward(fn):
     x = Tensor(np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32), requires_grad=True)
     out = fn(x)
@@ -116,32 +175,49 @@ def test_float32_stays_float32_forward_and_backward(fn):
     assert x.grad.dtype == np.float32
 
 
-def test_python_numbers_and_lists_become_float32_and_float64_stays():
-    assert Tensor(3).dtype == np.float32 and Tensor([1, 2]).dtype == np.float32
-    assert Tensor(np.zeros(2)).dtype == np.float64
-    assert Tensor(np.arange(3)).dtype.kind == "i"  # token ids stay integers
-
-
+# ---- no_grad -----------------------------------------------------------------------------------
 def test_no_grad_records_nothing():
     x = leaf([1.0, 2.0])
     with no_grad():
         y = (x * 2).sum()
-    assert not y.requires_grad and y._ctx is None
-    with pytest.raises(RuntimeError, match="does not require grad"):
+        z = F.softmax(x * x)
+    assert not y.requires_grad and not z.requires_grad
+    np.testing.assert_allclose(y.item(), 6.0)  # the forward still runs
+    with pytest.raises(RuntimeError):
         y.backward()
-    assert (x * 2).requires_grad  # recording is back on afterwards
+    assert x.grad is None
+
+
+def test_grad_recording_resumes_after_no_grad_even_after_an_error():
+    x = leaf([1.0])
+    with pytest.raises(KeyError), no_grad():
+        {}["missing"]
+    y = (x * 2).sum()
+    assert y.requires_grad
+    y.backward()
+    np.testing.assert_allclose(x.grad, [2.0])
 
 
 # ---- errors ------------------------------------------------------------------------------------
-def test_mismatched_shapes_name_both_shapes():
-    with pytest.raises(ValueError, match=r"\(2, 3\).*\(4,\)"):
-        Tensor(np.ones((2, 3))) + Tensor(np.ones(4))
-    with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 5\)"):
-        Tensor(np.ones((2, 3))) @ Tensor(np.ones((4, 5)))
+@pytest.mark.parametrize("op", [lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, lambda a, b: a / b],
+                         ids=["add", "sub", "mul", "div"])
+@pytest.mark.parametrize("a, b", [((2, 3), (4,)), ((2, 3, 4), (5, 1, 4)), ((3, 1), (2, 1, 4, 2))])
+def test_mismatched_shapes_in_elementwise_ops_name_both_shapes(op, a, b):
+    with pytest.raises(ValueError) as info:
+        op(Tensor(np.ones(a)), Tensor(np.ones(b)))
+    assert str(a) in str(info.value) and str(b) in str(info.value)
+
+
+@pytest.mark.parametrize("a, b", [((2, 3), (4, 5)), ((3,), (4,)), ((2, 3, 4), (5,)), ((2, 3, 4), (5, 4, 2))],
+                         ids=["matrices", "vectors", "matrix-vector", "batch-axes"])
+def test_mismatched_shapes_in_matmul_name_both_shapes(a, b):
+    with pytest.raises(ValueError) as info:
+        Tensor(np.ones(a)) @ Tensor(np.ones(b))
+    assert str(a) in str(info.value) and str(b) in str(info.value)
 
 
 def test_backward_on_a_non_scalar_needs_a_gradient():
-    with pytest.raises(RuntimeError, match=r"scalar.*\(2,\)"):
+    with pytest.raises(RuntimeError, match="scalar"):
         (leaf([1.0, 2.0]) * 2).backward()
 
 
@@ -149,71 +225,20 @@ def test_second_backward_through_a_freed_graph_is_refused():
     x = leaf([1.0])
     loss = (x * x).sum()
     loss.backward()
-    with pytest.raises(RuntimeError, match="retain_graph=True"):
+    with pytest.raises(RuntimeError, match="retain_graph"):
         loss.backward()
 
 
 def test_integer_tensors_cannot_require_grad():
-    with pytest.raises(TypeError, match="int"):
+    with pytest.raises(TypeError):
         Tensor(np.array([1, 2]), requires_grad=True)
 
 
 def test_unknown_device():
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+    with pytest.raises(ValueError, match="tpu"):
         Tensor([1.0]).to("tpu")
 
 
 def test_reshape_error_names_the_shapes():
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 2\)"):
         Tensor(np.ones((2, 3))).reshape(4, 2)
-
-
-# ---- fused ops against plain references ---------------------------------------------------------
-def test_embedding_backward_accumulates_repeated_ids():
-    rng = np.random.default_rng(2)
-    weight = Tensor(rng.standard_normal((5, 3)), requires_grad=True)
-    idx = np.array([[0, 3, 3], [3, 1, 0]])
-    g = rng.standard_normal((2, 3, 3))
-    F.embedding(idx, weight).backward(g)
-    onehot = np.eye(5)[idx.reshape(-1)]  # (6, 5)
-    np.testing.assert_allclose(weight.grad, onehot.T @ g.reshape(-1, 3))
-
-
-def test_layer_norm_normalises_rows():
-    x = Tensor(np.random.default_rng(3).standard_normal((6, 16)) * 5 + 2)
-    y = F.layer_norm(x, Tensor(np.ones(16))).data
-    np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-9)
-    np.testing.assert_allclose(y.var(axis=-1), 1, atol=1e-4)
-
-
-def test_attention_matches_a_naive_reference_and_is_causal():
-    rng = np.random.default_rng(4)
-    q, k, v = (rng.standard_normal((2, 3, 5, 4)) for _ in range(3))
-    scores = q @ k.swapaxes(-1, -2) / 2.0 + np.triu(np.full((5, 5), -np.inf), k=1)
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    expected = weights / weights.sum(-1, keepdims=True) @ v
-    out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v)).data
-    np.testing.assert_allclose(out, expected, atol=1e-12)
-    k2, v2 = k.copy(), v.copy()
-    k2[:, :, 3:], v2[:, :, 3:] = 9.0, -9.0  # change the future of position 2
-    out2 = F.scaled_dot_product_attention(Tensor(q), Tensor(k2), Tensor(v2)).data
-    np.testing.assert_allclose(out2[:, :, :3], out[:, :, :3], atol=1e-12)
-
-
-def test_self_attention_equals_split_heads_attention():
-    rng = np.random.default_rng(5)
-    B, T, nh, hs = 2, 5, 3, 4
-    qkv = Tensor(rng.standard_normal((B, T, 3 * nh * hs)))
-    heads = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)
-    expected = F.scaled_dot_product_attention(heads[0], heads[1], heads[2]).transpose(1, 2).reshape(B, T, nh * hs)
-    np.testing.assert_allclose(F.self_attention(qkv, nh).data, expected.data, atol=1e-12)
-
-
-def test_dropout():
-    x = Tensor(np.ones((200, 100)))
-    assert F.dropout(x, 0.3, training=False) is x
-    y = F.dropout(x, 0.3, training=True).data
-    assert abs((y == 0).mean() - 0.3) < 0.02
-    np.testing.assert_allclose(y[y != 0], 1 / 0.7)
-    with pytest.raises(ValueError):
-        F.dropout(x, 1.0)

@@ -33,27 +33,76 @@ def test_nested_modules_and_shared_parameters():
                      "head.bias"]
 
 
+def test_modulelist_names_its_children_by_index():
+    class Net(nn.Module):
+        def __init__(self):
+            self.layers = nn.ModuleList([nn.Linear(2, 2, bias=False), nn.LayerNorm(2)])
+
+    assert [n for n, _ in Net().named_parameters()] == ["layers.0.weight", "layers.1.weight", "layers.1.bias"]
+
+
+def test_parameter_requires_grad():
+    p = nn.Parameter(np.zeros(3, dtype=np.float32))
+    assert p.requires_grad and isinstance(p, Tensor)
+
+
+def test_layer_shapes_and_initial_values():
+    linear, embed, norm = nn.Linear(3, 2), nn.Embedding(7, 5), nn.LayerNorm(4)
+    assert linear.weight.shape == (3, 2) and linear.bias.shape == (2,)
+    assert len(nn.Linear(3, 2, bias=False).parameters()) == 1
+    assert embed.weight.shape == (7, 5)
+    np.testing.assert_array_equal(norm.weight.data, np.ones(4))
+    np.testing.assert_array_equal(norm.bias.data, np.zeros(4))
+    assert all(p.requires_grad for m in (linear, embed, norm) for p in m.parameters())
+
+
 def test_linear_computes_x_at_w_plus_b():
     layer = nn.Linear(3, 2)
     x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
     np.testing.assert_allclose(layer(Tensor(x)).data, x @ layer.weight.data + layer.bias.data, rtol=1e-6)
-    assert layer.weight.shape == (3, 2)
 
 
-def test_state_dict_round_trip_and_errors():
+def test_embedding_and_layernorm_modules_call_the_functional_ops():
+    embed, norm = nn.Embedding(4, 3), nn.LayerNorm(3)
+    idx = np.array([[1, 1, 3]])
+    np.testing.assert_array_equal(embed(idx).data, embed.weight.data[idx])
+    y = norm(embed(idx)).data
+    np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-5)
+
+
+LOAD_ERRORS = (KeyError, ValueError, RuntimeError)
+
+
+def test_state_dict_round_trip():
     a, b = small_net(), small_net()
-    b.load_state_dict(a.state_dict())
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32))
+    a.eval(), b.eval()
+    assert not np.allclose(a(x).data, b(x).data)
+    state = a.state_dict()
+    assert list(state) == [n for n, _ in a.named_parameters()]
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    b.load_state_dict(state)
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
-    state = a.state_dict()
+    np.testing.assert_array_equal(a(x).data, b(x).data)
+
+
+def test_load_state_dict_refuses_a_shape_mismatch():
+    net, state = small_net(), small_net().state_dict()
     state["0.weight"] = np.zeros((9, 9), dtype=np.float32)
-    with pytest.raises(ValueError, match=r"0.weight.*\(9, 9\).*\(3, 4\)"):
-        b.load_state_dict(state)
-    del state["0.weight"]
-    with pytest.raises(KeyError, match="missing keys \\['0.weight'\\]"):
-        b.load_state_dict(state)
-    with pytest.raises(KeyError, match="unexpected keys \\['extra'\\]"):
-        b.load_state_dict({**a.state_dict(), "extra": np.zeros(1)})
+    with pytest.raises(LOAD_ERRORS, match=r"0.weight.*\(9, 9\).*\(3, 4\)"):
+        net.load_state_dict(state)
+
+
+def test_load_state_dict_refuses_missing_and_unexpected_keys():
+    net, state = small_net(), small_net().state_dict()
+    before = net.state_dict()
+    with pytest.raises(LOAD_ERRORS, match=r"missing.*0\.weight"):
+        net.load_state_dict({k: v for k, v in state.items() if k != "0.weight"})
+    with pytest.raises(LOAD_ERRORS, match=r"unexpected.*extra"):
+        net.load_state_dict({**state, "extra": np.zeros(1)})
+    for name, value in net.state_dict().items():  # a refused load changes nothing
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
 
 
 def test_state_dict_is_a_copy():
@@ -86,17 +135,64 @@ def param(values) -> nn.Parameter:
     return nn.Parameter(np.array(values, dtype=np.float64))
 
 
+def test_sgd_step_matches_the_formula():
+    p = param([1.0, -2.0])
+    opt = optim.SGD([p], lr=0.1)
+    p.grad = np.array([0.5, -1.0])
+    opt.step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.05, -2.0 + 0.1])
+
+
+def test_sgd_on_a_real_backward():
+    p = param([3.0])
+    opt = optim.SGD([p], lr=0.25)
+    (p * p).sum().backward()  # grad 2p = 6
+    opt.step()
+    np.testing.assert_allclose(p.data, [3.0 - 0.25 * 6.0])
+
+
 def test_sgd_with_momentum_matches_the_formula():
     p = param([1.0, -2.0])
     opt = optim.SGD([p], lr=0.1, momentum=0.9)
     velocity = np.zeros(2)
     expected = p.data.copy()
-    for g in ([1.0, 1.0], [0.5, -1.0]):
+    for g in ([1.0, 1.0], [0.5, -1.0], [0.0, 2.0]):
         p.grad = np.array(g)
         opt.step()
         velocity = 0.9 * velocity + np.array(g)
         expected -= 0.1 * velocity
     np.testing.assert_allclose(p.data, expected)
+
+
+def test_sgd_weight_decay_adds_wd_times_p_to_the_gradient():
+    p = param([2.0, -1.0])
+    opt = optim.SGD([p], lr=0.1, weight_decay=0.5)
+    p.grad = np.array([0.0, 1.0])
+    opt.step()
+    np.testing.assert_allclose(p.data, [2.0 - 0.1 * 0.5 * 2.0, -1.0 - 0.1 * (1.0 + 0.5 * -1.0)])
+
+
+@pytest.mark.parametrize("make", [
+    lambda groups: optim.SGD(groups, lr=1.0),
+    lambda groups: optim.AdamW(groups, lr=1.0, weight_decay=0.0),
+], ids=["SGD", "AdamW"])
+def test_setting_lr_applies_to_every_group(make):
+    a, b = param([0.0]), param([0.0])
+    opt = make([{"params": [a]}, {"params": [b], "weight_decay": 0.0}])
+    opt.lr = 0.01
+    assert opt.lr == 0.01
+    a.grad, b.grad = np.array([1.0]), np.array([1.0])
+    opt.step()
+    np.testing.assert_allclose(a.data, [-0.01], rtol=1e-6)  # a first step of either is lr * sign(g)
+    np.testing.assert_allclose(b.data, [-0.01], rtol=1e-6)
+
+
+def test_optimizer_zero_grad_clears_every_gradient():
+    a, b = param([1.0]), param([2.0])
+    opt = optim.AdamW([a, b])
+    a.grad, b.grad = np.array([1.0]), np.array([1.0])
+    opt.zero_grad()
+    assert all(p.grad is None or not p.grad.any() for p in (a, b))
 
 
 def test_adamw_matches_the_formula_and_skips_decay_where_asked():
@@ -114,6 +210,17 @@ def test_adamw_matches_the_formula_and_skips_decay_where_asked():
         p -= 0.01 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.99**t)) + 1e-8)
     np.testing.assert_allclose(decayed.data, p, rtol=1e-12)
     np.testing.assert_allclose(plain.data, [0.5 - 2 * 0.01], rtol=1e-9)  # Adam steps of size lr, no decay
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1), lambda ps: optim.AdamW(ps, lr=0.1)],
+                         ids=["SGD", "AdamW"])
+def test_optimizers_keep_each_parameter_dtype(make):
+    half, full = nn.Parameter(np.ones(2, dtype=np.float32)), nn.Parameter(np.ones(3, dtype=np.float64))
+    opt = make([half, full])
+    half.grad, full.grad = np.ones(2, dtype=np.float32), np.ones(3)
+    opt.step()
+    assert (half.dtype, full.dtype) == (np.float32, np.float64)
+    assert (half.shape, full.shape) == ((2,), (3,))
 
 
 def test_adamw_minimises_a_quadratic():
@@ -144,7 +251,8 @@ def test_adamw_state_round_trip():
 def test_clip_grad_norm_returns_the_norm_before_clipping():
     a, b = param([0.0, 0.0]), param([0.0])
     a.grad, b.grad = np.array([3.0, 0.0]), np.array([4.0])
-    assert optim.clip_grad_norm([a, b], max_norm=1.0) == pytest.approx(5.0)
+    norm = optim.clip_grad_norm([a, b], max_norm=1.0)
+    assert isinstance(norm, float) and norm == pytest.approx(5.0)
     total = math.sqrt((a.grad**2).sum() + (b.grad**2).sum())
     assert total == pytest.approx(1.0, rel=1e-5)
     np.testing.assert_allclose(a.grad, [0.6, 0.0], rtol=1e-5)
@@ -152,6 +260,24 @@ def test_clip_grad_norm_returns_the_norm_before_clipping():
     b.grad = np.array([0.0])
     assert optim.clip_grad_norm([a, b], max_norm=1.0) == pytest.approx(0.1)
     np.testing.assert_allclose(a.grad, [0.1, 0.0])  # under the limit: unchanged
+
+
+def test_sgd_trains_a_linear_regression():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3)).astype(np.float32)
+    y = x @ np.array([[1.0], [-2.0], [0.5]], dtype=np.float32) + 0.3
+    model = nn.Linear(3, 1)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    losses = []
+    for _ in range(200):
+        loss = ((model(Tensor(x)) - Tensor(y)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 1e-6 < 0.1 < losses[0]
+    np.testing.assert_allclose(model.weight.data.ravel(), [1.0, -2.0, 0.5], atol=1e-3)
+    np.testing.assert_allclose(model.bias.data, [0.3], atol=1e-3)
 
 
 def test_cosine_schedule():

@@ -31,7 +31,10 @@ class MatMul(Function):
         if k_a != k_b:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align ({k_a} != {k_b})")
         if a.ndim > 2 and b.ndim > 2:
-            broadcast_shape(a.shape[:-2], b.shape[:-2], "matmul batch axes")
+            try:
+                broadcast_shape(a.shape[:-2], b.shape[:-2], "matmul")
+            except ValueError:
+                raise ValueError(f"matmul: the batch axes of {a.shape} and {b.shape} do not broadcast") from None
         self.a_was_vector, self.b_was_vector = a.ndim == 1, b.ndim == 1
         self.a = a[None, :] if a.ndim == 1 else a  # (n, k) with n = 1
         self.b = b[:, None] if b.ndim == 1 else b  # (k, m) with m = 1

@@ -100,10 +100,9 @@ class CrossEntropy(Function):
     def backward(self, g):
         xp = array_module(g)
         N = self.probs.shape[0]
-        dlogits = self.probs  # (N, V); the forward buffer is ours, so update it in place
-        dlogits[xp.arange(N), self.targets] -= 1
-        dlogits *= g / N
-        self.probs = None
+        scale = g / N
+        dlogits = self.probs * scale  # (N, V) a new array: probs stay for another backward
+        dlogits[xp.arange(N), self.targets] -= scale
         return (dlogits,)
 
 

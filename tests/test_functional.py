@@ -1,0 +1,259 @@
+"""nanograd.functional against plain NumPy references: values, numerics, dtypes, and the
+properties (normalisation, causality, dropout rates) that gradient checks cannot see."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nanograd import Tensor
+from nanograd import functional as F
+
+
+def randn(*shape, seed=0, scale=1.0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+def np_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# ---- softmax, log_softmax, cross_entropy -------------------------------------------------------
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_rows_sum_to_one_and_match_numpy(axis):
+    x = randn(5, 7, 3, scale=10)
+    y = F.softmax(Tensor(x), axis=axis).data
+    np.testing.assert_allclose(y.sum(axis=axis), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(y, np_softmax(x, axis), rtol=1e-10)
+
+
+def test_log_softmax_is_the_log_of_softmax():
+    x = randn(4, 6)
+    np.testing.assert_allclose(F.log_softmax(Tensor(x)).data, np.log(np_softmax(x)), atol=1e-12)
+
+
+def test_cross_entropy_matches_the_mean_negative_log_likelihood():
+    logits, targets = randn(5, 4), np.array([0, 3, 3, 1, 2])
+    expected = -np.log(np_softmax(logits)[np.arange(5), targets]).mean()
+    assert F.cross_entropy(Tensor(logits), targets).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n():
+    logits, targets = randn(3, 4, seed=1), np.array([2, 0, 2])
+    x = Tensor(logits, requires_grad=True)
+    F.cross_entropy(x, targets).backward()
+    np.testing.assert_allclose(x.grad, (np_softmax(logits) - np.eye(4)[targets]) / 3, atol=1e-12)
+
+
+def test_cross_entropy_backward_twice_with_retain_graph_doubles_the_gradient():
+    x = Tensor(randn(3, 4, seed=2), requires_grad=True)
+    loss = F.cross_entropy(x, np.array([0, 1, 3]))
+    loss.backward(retain_graph=True)
+    first = x.grad.copy()
+    loss.backward()
+    np.testing.assert_allclose(x.grad, 2 * first)
+
+
+@pytest.mark.parametrize("C", [1, 2, 65, 1000])
+def test_cross_entropy_of_equal_logits_is_log_C(C):
+    loss = F.cross_entropy(Tensor(np.full((4, C), 3.7)), np.arange(4) % C)
+    assert loss.item() == pytest.approx(math.log(C), abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+@pytest.mark.parametrize("name, fn", [
+    ("softmax", F.softmax), ("log_softmax", F.log_softmax),
+    ("cross_entropy", lambda x: F.cross_entropy(x, np.array([1, 2]))),
+])
+def test_softmax_family_is_finite_for_huge_logits(name, fn, scale, dtype):
+    x = Tensor((np.array([[1.0, -1.0, 0.5], [0.0, 2.0, -2.0]]) * scale).astype(dtype), requires_grad=True)
+    out = fn(x)
+    (out * Tensor(np.ones(out.shape, dtype=dtype))).sum().backward()
+    assert np.isfinite(out.data).all(), name
+    assert np.isfinite(x.grad).all(), name
+
+
+def test_huge_logits_give_the_exact_softmax_and_a_huge_finite_loss():
+    x = np.array([[1.0, -1.0, 0.5]]) * 1e4
+    np.testing.assert_allclose(F.softmax(Tensor(x)).data, [[1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(F.log_softmax(Tensor(x)).data, [[0.0, -2e4, -0.5e4]])
+    assert F.cross_entropy(Tensor(x), np.array([1])).item() == pytest.approx(2e4)
+
+
+# ---- float32 stays float32 ---------------------------------------------------------------------
+def f32(*shape, seed=1) -> Tensor:
+    return Tensor(randn(*shape, seed=seed).astype(np.float32), requires_grad=True)
+
+
+FLOAT32_OPS = {
+    "softmax": lambda x: F.softmax(x),
+    "log_softmax": lambda x: F.log_softmax(x),
+    "cross_entropy": lambda x: F.cross_entropy(x.reshape(4, 6), np.array([0, 1, 2, 5])),
+    "gelu": lambda x: F.gelu(x),
+    "relu": lambda x: F.relu(x),
+    "layer_norm": lambda x: F.layer_norm(x, Tensor(np.ones(6, dtype=np.float32)), Tensor(np.zeros(6, np.float32))),
+    "dropout": lambda x: F.dropout(x, 0.5, rng=np.random.default_rng(0)),
+    "concat": lambda x: F.concat([x, x * 2], axis=1),
+    "stack": lambda x: F.stack([x, x], axis=0),
+    "where": lambda x: F.where(x.data > 0, x, x * 0.5),
+    "masked_fill": lambda x: F.masked_fill(x, np.array([True, False] * 3), -1e9),
+    "attention": lambda x: F.scaled_dot_product_attention(*(x.reshape(1, 2, 2, 6) for _ in range(3))),
+    "embedding": lambda x: F.embedding(np.array([[0, 3], [3, 1]]), x),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOAT32_OPS))
+def test_float32_stays_float32_forward_and_backward(name):
+    x = f32(4, 6)
+    out = FLOAT32_OPS[name](x)
+    assert out.dtype == np.float32
+    (out * 1.5).sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+# ---- embedding ---------------------------------------------------------------------------------
+def test_embedding_picks_rows_with_the_ids_shape():
+    weight = randn(5, 3)
+    idx = np.array([[[0, 4]], [[2, 2]]])
+    out = F.embedding(idx, Tensor(weight))
+    assert out.shape == (2, 1, 2, 3)
+    np.testing.assert_array_equal(out.data, weight[idx])
+
+
+def test_embedding_backward_accumulates_repeated_ids():
+    weight = Tensor(randn(5, 3, seed=2), requires_grad=True)
+    idx = np.array([[0, 3, 3], [3, 1, 0]])
+    g = randn(2, 3, 3, seed=3)
+    F.embedding(idx, weight).backward(g)
+    onehot = np.eye(5)[idx.reshape(-1)]  # (6, 5): the dense equivalent, onehot @ weight
+    np.testing.assert_allclose(weight.grad, onehot.T @ g.reshape(-1, 3), atol=1e-12)
+    assert not weight.grad[[2, 4]].any()  # ids never used get no gradient
+
+
+@pytest.mark.parametrize("V, n_ids", [(10, 50), (5000, 400)], ids=["small-table", "large-table"])
+def test_embedding_backward_matches_a_scatter_add(V, n_ids):
+    rng = np.random.default_rng(4)
+    weight = Tensor(rng.standard_normal((V, 4)), requires_grad=True)
+    idx = rng.integers(0, min(V, 40), size=(2, n_ids // 2))  # few distinct ids: many repeats
+    g = rng.standard_normal((2, n_ids // 2, 4))
+    F.embedding(idx, weight).backward(g)
+    expected = np.zeros((V, 4))
+    np.add.at(expected, idx.reshape(-1), g.reshape(-1, 4))
+    np.testing.assert_allclose(weight.grad, expected, atol=1e-12)
+
+
+# ---- layer_norm, gelu --------------------------------------------------------------------------
+def test_layer_norm_normalises_rows_with_the_default_weight():
+    x = Tensor(randn(6, 16, seed=3) * 5 + 2)
+    y = F.layer_norm(x, Tensor(np.ones(16))).data
+    np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-9)
+    np.testing.assert_allclose(y.var(axis=-1), 1, atol=1e-4)
+
+
+def test_layer_norm_scales_and_shifts_over_the_last_axis():
+    x, w, b = randn(2, 3, 4), randn(4, seed=1), randn(4, seed=2)
+    normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    out = F.layer_norm(Tensor(x), Tensor(w), Tensor(b)).data
+    np.testing.assert_allclose(out, normed * w + b, atol=1e-12)
+
+
+def test_gelu_is_the_tanh_approximation():
+    x = np.linspace(-5, 5, 41)
+    expected = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    np.testing.assert_allclose(F.gelu(Tensor(x)).data, expected, atol=1e-12)
+
+
+def test_relu():
+    np.testing.assert_array_equal(F.relu(Tensor(np.array([-2.0, 0.5, 3.0]))).data, [0.0, 0.5, 3.0])
+
+
+# ---- attention ---------------------------------------------------------------------------------
+def naive_attention(q, k, v, causal=True):
+    T = q.shape[-2]
+    scores = q @ k.swapaxes(-1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        scores = scores + np.triu(np.full((T, T), -np.inf), k=1)
+    return np_softmax(scores) @ v
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_matches_a_naive_reference(causal):
+    q, k, v = randn(2, 3, 5, 4, seed=4), randn(2, 3, 5, 4, seed=5), randn(2, 3, 5, 4, seed=6)
+    out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=causal).data
+    assert out.shape == (2, 3, 5, 4)
+    np.testing.assert_allclose(out, naive_attention(q, k, v, causal), atol=1e-12)
+
+
+def test_attention_is_causal_by_default():
+    q, k, v = randn(2, 3, 5, 4, seed=4), randn(2, 3, 5, 4, seed=5), randn(2, 3, 5, 4, seed=6)
+    out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v)).data
+    for t in range(5):
+        k2, v2 = k.copy(), v.copy()
+        k2[:, :, t + 1:], v2[:, :, t + 1:] = 9.0, -9.0  # change the future of position t
+        out2 = F.scaled_dot_product_attention(Tensor(q), Tensor(k2), Tensor(v2)).data
+        np.testing.assert_allclose(out2[:, :, : t + 1], out[:, :, : t + 1], atol=1e-12)
+        if t < 4:
+            assert not np.allclose(out2[:, :, t + 1:], out[:, :, t + 1:])  # the future did change
+
+
+def test_self_attention_equals_split_heads_attention():
+    B, T, nh, hs = 2, 5, 3, 4
+    qkv = Tensor(randn(B, T, 3 * nh * hs, seed=5))
+    heads = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)
+    expected = F.scaled_dot_product_attention(heads[0], heads[1], heads[2]).transpose(1, 2).reshape(B, T, nh * hs)
+    np.testing.assert_allclose(F.self_attention(qkv, nh).data, expected.data, atol=1e-12)
+
+
+# ---- dropout -----------------------------------------------------------------------------------
+def test_dropout_is_the_identity_in_eval_mode_and_for_p_0():
+    x = Tensor(randn(20, 10))
+    np.testing.assert_array_equal(F.dropout(x, 0.3, training=False).data, x.data)
+    np.testing.assert_array_equal(F.dropout(x, 0.0, training=True).data, x.data)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_dropout_zeros_about_p_and_scales_the_rest(p):
+    x = Tensor(np.ones((200, 100)), requires_grad=True)
+    out = F.dropout(x, p, training=True)
+    y = out.data
+    assert abs((y == 0).mean() - p) < 0.02
+    np.testing.assert_allclose(y[y != 0], 1 / (1 - p))
+    out.sum().backward()
+    np.testing.assert_allclose(x.grad, y)  # d(out)/dx is the same mask times 1/(1-p)
+
+
+def test_dropout_with_the_same_seed_drops_the_same_entries():
+    x = Tensor(np.ones((10, 10)))
+    a = F.dropout(x, 0.5, rng=np.random.default_rng(7)).data
+    b = F.dropout(x, 0.5, rng=np.random.default_rng(7)).data
+    np.testing.assert_array_equal(a, b)
+
+
+# ---- concat, stack, where, masked_fill ---------------------------------------------------------
+def test_concat_and_stack_match_numpy():
+    a, b = randn(2, 3), randn(2, 5, seed=1)
+    np.testing.assert_array_equal(F.concat([Tensor(a), Tensor(b)], axis=1).data, np.concatenate([a, b], axis=1))
+    np.testing.assert_array_equal(F.stack([Tensor(a), Tensor(a * 2)], axis=1).data, np.stack([a, a * 2], axis=1))
+
+
+def test_where_picks_elementwise_and_sends_each_gradient_to_its_side():
+    a = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    b = Tensor(np.array([-1.0, -2.0, -3.0]), requires_grad=True)
+    cond = np.array([True, False, True])
+    out = F.where(cond, a, b)
+    np.testing.assert_array_equal(out.data, [1.0, -2.0, 3.0])
+    out.sum().backward()
+    np.testing.assert_array_equal(a.grad, [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(b.grad, [0.0, 1.0, 0.0])
+
+
+def test_masked_fill_with_a_broadcast_mask():
+    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    out = F.masked_fill(x, np.array([False, True, False]), -9.0)
+    np.testing.assert_array_equal(out.data, [[0.0, -9.0, 2.0], [3.0, -9.0, 5.0]])
+    out.sum().backward()
+    np.testing.assert_array_equal(x.grad, [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
