@@ -1,18 +1,26 @@
-"""Shared pieces of the benchmarks: the matmul peak, timers, optional PyTorch."""
+"""Shared pieces of the benchmarks: optional PyTorch, thread counts, the matmul peak, timers.
+
+Every script puts this folder on sys.path and imports from here, so it runs from anywhere
+as `python benchmarks/<script>.py`.
+"""
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import numpy as np
 
 from nanograd import backend
 
+TORCH_MISSING = "PyTorch is not installed: nanograd only (pip install -e '.[bench]' for the comparison)"
 
-def torch_or_none():
-    """PyTorch if installed (the optional `bench` extra), else None."""
+
+def torch_or_none() -> ModuleType | None:
+    """PyTorch if installed (the optional `bench` extra), else None. Only benchmarks/ imports it."""
     try:
         import torch
     except ImportError:
@@ -21,62 +29,78 @@ def torch_or_none():
 
 
 def blas_threads() -> int:
-    """How many threads NumPy's BLAS uses (PyTorch is given the same number)."""
+    """How many threads NumPy's BLAS uses: PyTorch is given the same number, for a fair race."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return 1
-    counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    return max(counts) if counts else 1
+    counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    return max(counts, default=1)
+
+
+def setup_torch(device: str) -> ModuleType | None:
+    """PyTorch with NumPy's thread count, or None (after one line saying why) when it cannot run."""
+    torch = torch_or_none()
+    if torch is None:
+        print(TORCH_MISSING, file=sys.stderr)
+        return None
+    if device == "cuda" and not torch.cuda.is_available():
+        print("PyTorch has no CUDA device here: nanograd only", file=sys.stderr)
+        return None
+    torch.set_num_threads(blas_threads())
+    return torch
+
+
+def check_device_or_exit(device: str) -> str:
+    """The device's normal name, or exit with one clear line when it cannot be used (no CuPy/GPU)."""
+    try:
+        return backend.check_device(device)
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def synchronize(device: str) -> None:
-    """GPU work is asynchronous: wait for it before reading the clock."""
-    if device == "cuda":
-        import cupy
+    """GPU work is queued, not done, when a call returns: wait for it before reading the clock."""
+    if device != "cuda":
+        return
+    import cupy
 
-        cupy.cuda.Device().synchronize()
+    cupy.cuda.Device().synchronize()
+    if "torch" in sys.modules:  # only if a script already imported it: never import it here
+        sys.modules["torch"].cuda.synchronize()
 
 
 def matmul_peak_flops(device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
-    """The float32 matmul rate this machine reaches (FLOP/s): best of a few n x n products."""
-    xp = np if device == "cpu" else __import__("cupy")
-    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=xp.float32)
-    a @ a  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        a @ a
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    """The float32 matmul rate this machine reaches (FLOP/s): the best of a few n x n products.
+    MFU is measured against this rather than a datasheet figure that a 2-core VM never sees."""
+    a = backend.to_device(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32), device)
+    seconds = best_time(lambda: a @ a, repeats, device)
+    return 2 * n**3 / seconds  # n^2 outputs, each n multiplies and n adds
 
 
-def time_steps(step: Callable[[], None], steps: int, device: str = "cpu") -> float:
-    """Seconds per call of step, averaged over `steps` calls."""
+def time_calls(fn: Callable[[], object], calls: int, device: str = "cpu") -> float:
+    """Seconds per call of fn, over `calls` calls back to back."""
     synchronize(device)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
+    for _ in range(calls):
+        fn()
     synchronize(device)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / calls
 
 
-def alternate(steps: dict[str, Callable[[], None]], rounds: int, steps_per_round: int,
+def best_time(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
+    """The fastest of `repeats` single calls, after one warm-up call: the noise-free cost of fn
+    (interruptions only ever add time, so the minimum is the best estimate of it)."""
+    fn()
+    return min(time_calls(fn, 1, device) for _ in range(repeats))
+
+
+def alternate(fns: dict[str, Callable[[], object]], rounds: int, calls: int,
               device: str = "cpu") -> dict[str, float]:
-    """Median seconds per step of each implementation, timed in alternating rounds so that
-    drift in the machine's speed (other load, clock changes) hits all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    """Median seconds per call of each function, timed in turns (round 1: a, b; round 2: a, b;
+    ...) so that drift in the machine's speed (other load, clock changes) hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
-        for name, step in steps.items():
-            times[name].append(time_steps(step, steps_per_round, device))
+        for name, fn in fns.items():
+            times[name].append(time_calls(fn, calls, device))
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def cuda_or_exit(device: str) -> None:
-    """One clear line, and exit 2, when --device cuda cannot run."""
-    try:
-        backend.check_device(device)
-    except (ValueError, RuntimeError) as exc:
-        raise SystemExit(f"error: {exc}") from None

@@ -5,6 +5,7 @@ gpt/bigram.py, so that weights can be copied across and the losses compared."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpt.model import GPTConfig
+from nanograd import backend
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,7 +85,7 @@ class TorchGPT(nn.Module):
         for block in t.h:
             x = block(x)
         logits = self.lm_head(t.ln_f(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 class TorchBigram(nn.Module):
@@ -94,25 +96,39 @@ class TorchBigram(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self.token_embedding_table(idx)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def copy_weights(nanograd_model, torch_model: nn.Module) -> None:
-    """Load nanograd weights into the torch model; Linear weights are (in, out) there, (out, in) here."""
-    state = torch_model.state_dict()
-    for name, value in nanograd_model.state_dict().items():
-        linear = value.ndim == 2 and ("c_attn" in name or "c_proj" in name or "c_fc" in name or "lm_head" in name)
-        state[name] = torch.from_numpy(np.ascontiguousarray(value.T if linear else value))
-    if getattr(getattr(nanograd_model, "config", None), "tie_weights", False):
-        state["lm_head.weight"] = state["transformer.wte.weight"]  # the same tensor in torch
+def copy_weights(nanograd_model: Any, torch_model: nn.Module) -> None:
+    """Load a nanograd model's weights into the torch model of the same configuration.
+
+    The names match by construction. nanograd's Linear computes x @ W with W (in, out); torch's
+    computes x @ W.T with W (out, in): those weights are transposed. Square ones (c_proj) would
+    load silently untransposed, so Linear weights are found by module type, not by shape.
+    """
+    linear = {f"{name}.weight" for name, m in torch_model.named_modules() if isinstance(m, nn.Linear)}
+    state, ours = torch_model.state_dict(), nanograd_model.state_dict()  # NumPy copies, even from a GPU
+    for name, value in ours.items():
+        state[name] = torch.from_numpy(np.ascontiguousarray(value.T if name in linear else value))
+    if "lm_head.weight" in state and "lm_head.weight" not in ours:
+        # tied weights: nanograd has no lm_head parameter, torch's lm_head.weight is wte's tensor
+        state["lm_head.weight"] = state["transformer.wte.weight"]
     torch_model.load_state_dict(state)
 
 
-def check_same_loss(nanograd_model, torch_model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    """Copy the weights over and compare the losses on one batch: validate before timing."""
+def check_same_loss(nanograd_model: Any, torch_model: nn.Module, x: np.ndarray, y: np.ndarray,
+                    device: str = "cpu", tol: float = 1e-4) -> float:
+    """Copy the weights across and assert both models give the same loss on one batch
+    (validate before timing: a fast wrong model is no result). Returns the loss.
+    Both models are left in training mode; dropout is off (eval) for the comparison."""
     copy_weights(nanograd_model, torch_model)
-    ours = nanograd_model(x, y)[1].item()
-    theirs = torch_model(torch.from_numpy(x), torch.from_numpy(y)).item()
-    if abs(ours - theirs) > 1e-4:
+    nanograd_model.eval()
+    torch_model.eval()
+    ours = nanograd_model(backend.to_device(x, device), backend.to_device(y, device))[1].item()
+    with torch.no_grad():
+        theirs = torch_model(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)).item()
+    nanograd_model.train()
+    torch_model.train()
+    if abs(ours - theirs) > tol:
         raise AssertionError(f"the models disagree: nanograd loss {ours:.6f}, torch loss {theirs:.6f}")
     return ours

@@ -1,68 +1,95 @@
 """Training-step speed: nanograd against PyTorch eager, same model, same batch, same threads.
 
-    python benchmarks/train_speed.py --preset baby          # ms/step, tokens/s, MFU, ratio
-    python benchmarks/train_speed.py --preset bigram --json
-    python benchmarks/train_speed.py --sweep                 # block size x width
-    python benchmarks/train_speed.py --preset baby --memory  # peak memory of each, in fresh processes
+    python benchmarks/train_speed.py --preset baby --steps 20   # ms/step, tokens/s, MFU, ratio
+    python benchmarks/train_speed.py --preset bigram --json      # one JSON object per implementation
+    python benchmarks/train_speed.py --n-layer 6 --n-embd 256 --n-head 8 --block-size 128
+    python benchmarks/train_speed.py --sweep                     # block size x width, about 5 minutes
+    python benchmarks/train_speed.py --memory                    # peak RSS of each, in fresh processes
 
-A step is forward, backward, gradient clipping and an AdamW update, timed after warm-up.
-MFU (model FLOPs utilisation) = model FLOPs per second / the float32 matmul peak measured in
-the same run. Model FLOPs per token = 6 N + 12 L C T (N parameters without the position
-table, L layers, C width, T context; the estimate of the PaLM paper, appendix B, as used by
-nanoGPT): 2 N for the forward matmuls, 4 N for the backward, plus attention's scores.
+A step is forward, backward, gradient clipping and an AdamW update, timed after warm-up. The
+two implementations take turns (--rounds rounds of --steps steps each) and the median round
+is reported, so a change in the machine's speed during the run hits both alike.
+
+MFU (model FLOPs utilisation) = model FLOPs per second / the float32 matmul peak measured at
+the start of the same run. Model FLOPs per token = 6 N + 12 L C T: N parameters without the
+position table (each weight does a multiply-add, 2 FLOPs, per token forward and twice that
+backward: 2 N + 4 N), plus attention's scores and weighted sums, which have no parameters
+(2 x 2 T C per layer forward, x 3 with backward). PaLM paper, appendix B; nanoGPT's
+estimate_mfu.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
-from common import alternate, blas_threads, cuda_or_exit, matmul_peak_flops, torch_or_none  # noqa: E402
+from common import (  # noqa: E402
+    TORCH_MISSING,
+    alternate,
+    blas_threads,
+    check_device_or_exit,
+    matmul_peak_flops,
+    setup_torch,
+)
 
 import nanograd  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model, parameter_groups  # noqa: E402
 from nanograd import backend, optim  # noqa: E402
 
-VOCAB = 65
+VOCAB = 65  # tiny shakespeare's characters; the batches are random ids, speed does not care
+SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size")
+# --sweep: every block size x width, 4 layers, one head per 32 channels, and the batch cut so
+# that each step sees SWEEP_TOKENS tokens (the baby model's 12 x 64): steps stay small on 2 cores
+SWEEP_BLOCKS, SWEEP_WIDTHS, SWEEP_TOKENS = (64, 128, 256, 512), (128, 256, 384), 768
+
+Step = Callable[[], None]
 
 
-def config_for(args: argparse.Namespace, **overrides) -> TrainConfig:
-    fields = {k: v for k, v in PRESETS[args.preset].items()}
-    for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size"):
-        if getattr(args, name) is not None:
-            fields[name] = getattr(args, name)
+def config_for(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """The preset's TrainConfig, with the shape flags given on the command line, then overrides."""
+    fields = dict(PRESETS[args.preset])
+    fields.update({name: getattr(args, name) for name in SHAPE_FLAGS if getattr(args, name) is not None})
     fields.update(overrides)
-    return replace(TrainConfig(), preset=args.preset, device=args.device, **fields)
+    config = replace(TrainConfig(), preset=args.preset, device=args.device, **fields)
+    config.validate()
+    return config
 
 
 def model_flops_per_step(config: TrainConfig, n_params: int) -> float:
+    """Training FLOPs of one step: (6 N + 12 L C T) per token (see the module docstring)."""
     tokens = config.batch_size * config.block_size
     if config.model == "bigram":
-        return 6 * n_params * tokens  # no attention; the lookup's "matmul" is a row copy really
-    n = n_params - config.block_size * config.n_embd  # without the position table
+        return 6 * n_params * tokens  # a table lookup, not a matmul: its "MFU" is nominal
+    n = n_params - config.block_size * config.n_embd  # the position table is a lookup too
     return (6 * n + 12 * config.n_layer * config.n_embd * config.block_size) * tokens
 
 
-def batch(config: TrainConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
+def random_batch(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and targets (B, T) of random token ids: the same batch for both implementations."""
+    rng = np.random.default_rng(0)
     shape = (config.batch_size, config.block_size)
     return rng.integers(0, VOCAB, shape), rng.integers(0, VOCAB, shape)
 
 
-def nanograd_step(config: TrainConfig):
-    """(model, step function) for nanograd on config.device."""
+def nanograd_trainer(config: TrainConfig) -> tuple[Any, Step]:
+    """(model, one training step) for nanograd on config.device, as gpt.train runs it."""
     nanograd.manual_seed(0)
     model = build_model(config, VOCAB).to(config.device)
+    # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
     opt = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
-    x, y = (backend.to_device(a, config.device) for a in batch(config))
+    x, y = (backend.to_device(a, config.device) for a in random_batch(config))
     clip = config.grad_clip or float("inf")
 
     def step() -> None:
@@ -75,26 +102,22 @@ def nanograd_step(config: TrainConfig):
     return model, step
 
 
-def torch_step(config: TrainConfig, nanograd_model=None):
-    """(model, step function) for the equivalent PyTorch model; checks the loss matches first."""
-    torch = torch_or_none()
+def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = None) -> Step:
+    """One training step of the PyTorch twin (benchmarks/torch_gpt.py). Given the nanograd
+    model, first copies its weights over and checks that both give the same loss."""
     from torch_gpt import TorchBigram, TorchGPT, check_same_loss
 
     torch.manual_seed(0)
-    device = "cuda" if config.device == "cuda" else "cpu"
     model = TorchBigram(VOCAB) if config.model == "bigram" else TorchGPT(config.model_config(VOCAB))
-    x, y = batch(config)
-    if nanograd_model is not None and config.device == "cpu":
-        check_same_loss(nanograd_model.eval(), model.eval(), x, y)
-        nanograd_model.train()
-        model.train()
-    model.to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=config.lr, betas=(config.beta1, config.beta2))
-    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    model.to(config.device)
+    x, y = random_batch(config)
+    if nanograd_model is not None:
+        check_same_loss(nanograd_model, model, x, y, config.device)
+    # the same AdamW groups as gpt.run.parameter_groups: no decay on 1-D parameters
+    groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+    xt, yt = torch.from_numpy(x).to(config.device), torch.from_numpy(y).to(config.device)
     clip = config.grad_clip or float("inf")
 
     def step() -> None:
@@ -103,20 +126,17 @@ def torch_step(config: TrainConfig, nanograd_model=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
 
-    return model, step
+    return step
 
 
-def measure(config: TrainConfig, args: argparse.Namespace, peak: float) -> list[dict]:
-    model, ours = nanograd_step(config)
+def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: ModuleType | None) -> list[dict]:
+    """One result row per implementation for this configuration (the JSON objects of --json)."""
+    model, ours = nanograd_trainer(config)
     steps = {"nanograd": ours}
-    torch = None if args.no_torch else torch_or_none()
     if torch is not None:
-        torch.set_num_threads(blas_threads())
-        steps["torch"] = torch_step(config, model)[1]
-    for step in steps.values():  # warm-up: first calls allocate and fill caches
+        steps["torch"] = torch_trainer(torch, config, model)
+    for step in steps.values():  # warm-up: the first calls allocate memory and fill caches
         for _ in range(args.warmup):
             step()
     seconds = alternate(steps, args.rounds, args.steps, config.device)
@@ -125,78 +145,111 @@ def measure(config: TrainConfig, args: argparse.Namespace, peak: float) -> list[
     rows = [{"preset": config.preset, "impl": impl, "ms_per_step": round(s * 1e3, 3),
              "tokens_per_s": round(tokens / s, 1), "mfu": round(flops / s / peak, 4),
              "batch_size": config.batch_size, "block_size": config.block_size, "n_embd": config.n_embd,
-             "n_layer": config.n_layer, "device": config.device, "threads": blas_threads(),
-             "torch_version": torch.__version__ if torch is not None else None}
+             "n_layer": config.n_layer, "n_head": config.n_head, "device": config.device,
+             "threads": blas_threads(), "steps": args.steps, "rounds": args.rounds}
             for impl, s in seconds.items()]
-    if torch is None and not args.no_torch:
-        print("PyTorch is not installed: nanograd only (pip install -e '.[bench]')", file=sys.stderr)
+    if torch is not None:
+        rows[0]["nanograd_over_torch"] = round(rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"], 3)
+        rows[1]["torch_version"] = torch.__version__
     return rows
 
 
-def memory_child(impl: str, config: TrainConfig, steps: int) -> int:
-    """Peak resident memory (KiB) of a process that builds the model and trains `steps` steps."""
-    step = (nanograd_step(config) if impl == "nanograd" else torch_step(config))[1]
+def print_header(with_torch: bool) -> None:
+    impl = f"{'ms/step':>9} {'tokens/s':>10} {'MFU':>6}"
+    line = f"{'preset':>7} {'B':>3} {'T':>4} {'C':>4} {'L':>2} {'nh':>2} | nanograd {impl}"
+    print(line + (f" | torch {impl} | ratio" if with_torch else ""))
+
+
+def print_row(rows: list[dict]) -> None:
+    """One line per configuration: each implementation's figures, then nanograd / torch tokens/s."""
+    r = rows[0]
+    line = f"{r['preset']:>7} {r['batch_size']:>3} {r['block_size']:>4} {r['n_embd']:>4} {r['n_layer']:>2} " \
+           f"{r['n_head']:>2}"
+    for row in rows:
+        line += f" | {'':>{len(row['impl'])}} {row['ms_per_step']:9.2f} {row['tokens_per_s']:10,.0f} {row['mfu']:6.1%}"
+    if "nanograd_over_torch" in r:
+        line += f" | {r['nanograd_over_torch']:4.2f}x"
+    print(line, flush=True)
+
+
+def memory_child(config: TrainConfig, impl: str, steps: int) -> None:
+    """In a fresh process: print the peak RSS (KiB on Linux) after the imports, then after `steps`
+    training steps. Only this implementation's libraries are imported, so nothing else counts."""
+    torch = setup_torch(config.device) if impl == "torch" else None
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step = torch_trainer(torch, config) if torch is not None else nanograd_trainer(config)[1]
     for _ in range(steps):
         step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'preset':>7} {'B':>3} {'T':>4} {'C':>4} {'L':>2} {'impl':>9} {'ms/step':>9} {'tokens/s':>10} {'MFU':>6}")
-    for r in rows:
-        print(f"{r['preset']:>7} {r['batch_size']:>3} {r['block_size']:>4} {r['n_embd']:>4} {r['n_layer']:>2} "
-              f"{r['impl']:>9} {r['ms_per_step']:>9.2f} {r['tokens_per_s']:>10,.0f} {r['mfu']:>6.1%}")
-    by_impl = {r["impl"]: r for r in rows}
-    if "torch" in by_impl:
-        ratio = by_impl["nanograd"]["tokens_per_s"] / by_impl["torch"]["tokens_per_s"]
-        print(f"{'':>30} nanograd / torch tokens/s: {ratio:.2f}x")
+def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
+    """Run memory_child once per implementation, each in its own process, and print the results."""
+    # find_spec, not import: on Linux a child's ru_maxrss starts at its parent's peak (exec folds
+    # the parent's high-water mark in), so this process must stay as small as it is now
+    impls = ["nanograd"] if args.no_torch or importlib.util.find_spec("torch") is None else ["nanograd", "torch"]
+    if impls == ["nanograd"] and not args.no_torch:
+        print(TORCH_MISSING, file=sys.stderr)
+    flags = [a for a in argv if a not in ("--memory", "--json")]  # the same preset, shape, device, steps
+    scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # ru_maxrss: KiB on Linux, bytes on macOS
+    for impl in impls:
+        out = subprocess.run([sys.executable, __file__, *flags, "--memory-child", impl],
+                             capture_output=True, text=True, check=True).stdout
+        baseline, peak = (int(v) / scale for v in out.split())
+        row = {"preset": args.preset, "impl": impl, "steps": args.steps, "device": args.device,
+               "peak_rss_mib": round(peak, 1), "after_imports_rss_mib": round(baseline, 1)}
+        print(json.dumps(row) if args.json else
+              f"{impl:>9}: peak RSS {peak:7.1f} MiB ({baseline:.1f} MiB after imports, "
+              f"{peak - baseline:+.1f} MiB for the model and {args.steps} steps)")
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="baby", choices=sorted(PRESETS))
-    for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=10, help="steps per timed round")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (the median is reported)")
-    p.add_argument("--warmup", type=int, default=3)
+    for name in SHAPE_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help="override the preset's")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed round (--memory: steps to run)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median round is reported")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--json", action="store_true", help="one JSON object per (configuration, impl)")
-    p.add_argument("--sweep", action="store_true", help="block size 64..512 x width 128..384")
-    p.add_argument("--memory", action="store_true", help="peak memory of each implementation")
+    p.add_argument("--sweep", action="store_true", help="block size (64..512) x width (128..384)")
+    p.add_argument("--memory", action="store_true", help="peak memory of each implementation, in fresh processes")
     p.add_argument("--no-torch", action="store_true", help="time nanograd alone")
-    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory-child", choices=("nanograd", "torch"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    cuda_or_exit(args.device)
+    for name in ("steps", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    args.device = check_device_or_exit(args.device)
     config = config_for(args)
 
     if args.memory_child:
-        print(memory_child(args.memory_child, config, args.steps))
-        return
+        return memory_child(config, args.memory_child, args.steps)
     if args.memory:
-        impls = ["nanograd"] + (["torch"] if torch_or_none() is not None and not args.no_torch else [])
-        for impl in impls:
-            cmd = [sys.executable, __file__, "--memory-child", impl, "--preset", args.preset,
-                   "--steps", str(args.steps)]
-            kib = int(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip())
-            line = {"preset": args.preset, "impl": impl, "peak_rss_mib": round(kib / 1024, 1), "steps": args.steps}
-            print(json.dumps(line) if args.json else f"{impl:>9}: peak RSS {kib / 1024:.1f} MiB")
-        return
+        return measure_memory(args, argv)
 
+    torch = None if args.no_torch else setup_torch(args.device)
     peak = matmul_peak_flops(args.device)
-    if not args.json:
-        print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s, BLAS threads: {blas_threads()}")
     configs = [config]
     if args.sweep:
-        configs = [config_for(args, block_size=t, n_embd=c, n_head=c // 32, n_layer=4, batch_size=max(1, 768 // t))
-                   for t in (64, 128, 256, 512) for c in (128, 256, 384)]
+        configs = [config_for(args, block_size=t, n_embd=c, n_head=c // 32, n_layer=4,
+                              batch_size=max(1, SWEEP_TOKENS // t))
+                   for t in SWEEP_BLOCKS for c in SWEEP_WIDTHS]
+    if not args.json:
+        print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {args.device}, BLAS threads: {blas_threads()}"
+              + (f", torch {torch.__version__}" if torch is not None else ""))
+        print_header(torch is not None)
     for cfg in configs:
-        rows = measure(cfg, args, peak)
+        rows = measure(cfg, args, peak, torch)
         if args.json:
             for row in rows:
                 print(json.dumps(row), flush=True)
         else:
-            print_table(rows)
+            print_row(rows)
+    if not args.json and torch is not None:
+        print("ratio: nanograd tokens/s / torch tokens/s (above 1: nanograd is faster)")
 
 
 if __name__ == "__main__":
