@@ -106,7 +106,7 @@ def scaled_dot_product_attention(
         raise ValueError(f"attention: causal with more queries ({q.shape[2]}) than keys ({k.shape[2]})")
     if not 0 <= dropout < 1:
         raise ValueError(f"attention: dropout must be in [0, 1), got {dropout}")
-    rng = rng or backend.generator(q.device) if dropout > 0 else None
+    rng = (rng or backend.generator(q.device)) if dropout > 0 else None
     return ops.ScaledDotProductAttention.apply(q, k, v, causal=causal, dropout=dropout, rng=rng)
 
 
@@ -118,5 +118,5 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout: float
         raise ValueError(f"self_attention: qkv {qkv.shape} is not (B, T, 3C) with C divisible by {n_head} heads")
     if not 0 <= dropout < 1:
         raise ValueError(f"attention: dropout must be in [0, 1), got {dropout}")
-    rng = rng or backend.generator(qkv.device) if dropout > 0 else None
+    rng = (rng or backend.generator(qkv.device)) if dropout > 0 else None
     return ops.SelfAttention.apply(qkv, n_head=n_head, causal=causal, dropout=dropout, rng=rng)
