@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -10,11 +11,23 @@ class UserError(ValueError):
     """Bad input from the user (a file, a flag, a checkpoint): printed as 'error: ...', exit 2."""
 
 
-def exit_status(run: Callable[[], object]) -> int:
-    """Call run(); 0 if it returns, 2 (after one 'error: ...' line on stderr) on a UserError."""
+def exit_status(run: Callable[[], object], interrupted: str = "interrupted") -> int:
+    """Call run() and turn how it ended into an exit status, with at most one line on stderr:
+
+    0 if it returns; 2 on a UserError or on a file that cannot be read or written (a directory
+    that is a file, no permission...); 130 on Ctrl-C (printing `interrupted`); 1, silently,
+    when the reader of stdout went away (`python -m gpt.sample | head`).
+    """
     try:
         run()
-    except UserError as exc:
+    except BrokenPipeError:
+        # stdout is gone: point it at /dev/null so that Python's exit flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
     return 0

@@ -54,6 +54,7 @@ def vocab(args: argparse.Namespace) -> None:
 def chunk(args: argparse.Namespace) -> None:
     ds = CharDataset(load_text(args.data))
     T = args.block_size
+    ds.check_block_size(T)
     piece = ds.train[: T + 1]
     x, y = piece[:T], piece[1 : T + 1]
     print(f"the first {T + 1} training tokens: {piece.tolist()}")
@@ -95,6 +96,8 @@ def _load(out_dir: str, model_kind: str):
 
 
 def bigram(args: argparse.Namespace) -> None:
+    if len(args.char) != 1:
+        raise UserError(f"--char must be one character, got {args.char!r}")
     model, _, tok = _load(args.out_dir, "bigram")
     table = model.token_embedding_table.weight.data  # (V, V): row i = logits of the next character
     row = table[tok.encode(args.char)[0]]
@@ -162,6 +165,8 @@ def attention(args: argparse.Namespace) -> None:
     model, config, tok = _load(args.out_dir, "gpt")
     if not 0 <= args.layer < config.n_layer or not 0 <= args.head < config.n_head:
         raise UserError(f"the model has layers 0..{config.n_layer - 1} and heads 0..{config.n_head - 1}")
+    if not args.prompt:
+        raise UserError("--prompt must not be empty")
     idx = tok.encode(args.prompt)[-config.block_size :][None, :].astype(np.int64)  # (1, T)
     T, C, nh = idx.shape[1], config.n_embd, config.n_head
     with no_grad():

@@ -47,7 +47,7 @@ class KVCache:
         if self.length == 0:
             self.start = max(0, total - block)
         elif total - self.start > block:
-            self.start, self.length = total - block // 2, 0
+            self.start, self.length = total - max(1, block // 2), 0
         return self._advance(idx[:, self.start + self.length :])[:, -1, :]
 
     def _advance(self, ids: Any) -> Any:

@@ -73,6 +73,9 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be a number >= 0, got {value}")
         if self.model not in ("gpt", "bigram"):
             raise UserError(f"--model must be 'gpt' or 'bigram', got {self.model!r}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.val_fraction < 1:

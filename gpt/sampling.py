@@ -32,7 +32,11 @@ def probabilities(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    logits = logits.astype(np.float64) / temperature  # (B, V)
+    # shift before dividing: the max becomes 0 and the rest <= 0, so even a tiny temperature
+    # gives 0 or -inf (never inf - inf = nan)
+    logits = logits.astype(np.float64)  # (B, V)
+    with np.errstate(over="ignore"):  # a tiny temperature sends the rest to -inf, as intended
+        logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature  # (B, V)
     if top_k is not None:
         k = min(top_k, logits.shape[-1])
         kth = np.partition(logits, -k, axis=-1)[:, -k, None]  # (B, 1) the k-th largest logit

@@ -143,16 +143,22 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
                     for split in ("train", "val")}
     state = {"step": 0, "best_val_loss": math.inf, "clipped_steps": 0, "elapsed_s": 0.0}
     if resume_meta is not None:
-        optimizer.load_state_dict({"t": resume_meta["optimizer_t"],
-                                   **{k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}})
-        batch_rng.bit_generator.state = resume_meta["batch_rng"]
-        backend.generator("cpu").bit_generator.state = resume_meta["dropout_rng"]
-        state.update({k: resume_meta[k] for k in state})
+        try:
+            optimizer.load_state_dict({"t": resume_meta["optimizer_t"],
+                                       **{k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}})
+            batch_rng.bit_generator.state = resume_meta["batch_rng"]
+            backend.generator("cpu").bit_generator.state = resume_meta["dropout_rng"]
+            state.update({k: resume_meta[k] for k in state})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{checkpoint_path(out_dir)} holds no usable training state to resume from "
+                            f"(missing or bad: {exc}); it can still be sampled from") from None
         log(f"resuming {checkpoint_path(out_dir)} at step {state['step']}")
     write_json(out_dir / "config.json", {**vars(config), "n_params": n_params})
     metrics_path = out_dir / "metrics.jsonl"
     if resume_meta is None:
         metrics_path.write_text("")
+    # a checkpoint is written right after each evaluation, so a resumed run has its first step's row already
+    evaluated_step = state["step"] if resume_meta is not None else None
 
     def save(path: Path) -> None:
         save_run(path, model, optimizer, config, tokenizer, {
@@ -160,7 +166,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
             "dropout_rng": backend.generator("cpu").bit_generator.state})
 
     tokens_per_step = config.batch_size * config.block_size
-    grad_norm, row = float("nan"), {}
+    grad_norm, row = float("nan"), _last_row(metrics_path)
     bar = None if config.quiet else _progress(config.max_iters, state["step"])
     t_start = time.perf_counter() - state["elapsed_s"]
     train_seconds, train_steps = 0.0, 0  # this session's time in training steps (no evals)
@@ -168,7 +174,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
         while True:
             step = state["step"]
             state["elapsed_s"] = time.perf_counter() - t_start
-            if step % config.eval_interval == 0 or step == config.max_iters:
+            if step != evaluated_step and (step % config.eval_interval == 0 or step == config.max_iters):
                 row = {"step": step,
                        "train_loss": estimate_loss(model, eval_batches["train"], device),
                        "val_loss": estimate_loss(model, eval_batches["val"], device),
@@ -223,6 +229,15 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     return row
 
 
+def _last_row(metrics_path: Path) -> dict[str, Any]:
+    """The latest evaluation of a resumed run ({} for a new one)."""
+    lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+    try:
+        return json.loads(lines[-1]) if lines else {}
+    except ValueError:  # a line cut short by a crash
+        return {}
+
+
 def _progress(total: int, initial: int):
     from tqdm import tqdm
 
@@ -246,11 +261,9 @@ def run(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser("Train a character-level GPT (or bigram) with nanograd.").parse_args(argv)
-    try:
-        return exit_status(lambda: run(args))
-    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last checkpoint is still whole
-        print("interrupted (no checkpoint written since the last evaluation)", file=sys.stderr)
-        return 130
+    # a first Ctrl-C stops at the end of the step and saves (see _StopRequest); a second one
+    # lands mid-step, and the last checkpoint is still whole
+    return exit_status(lambda: run(args), interrupted="interrupted (no checkpoint written since the last evaluation)")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,17 @@ _grad_enabled = True
 class no_grad:
     """Context manager (and decorator) in which no graph is recorded: for evaluation and sampling."""
 
+    def __init__(self) -> None:
+        self._previous: list[bool] = []  # a stack, so one instance can be entered again inside itself
+
     def __enter__(self) -> None:
         global _grad_enabled
-        self._previous, _grad_enabled = _grad_enabled, False
+        self._previous.append(_grad_enabled)
+        _grad_enabled = False
 
     def __exit__(self, *exc: object) -> None:
         global _grad_enabled
-        _grad_enabled = self._previous
+        _grad_enabled = self._previous.pop()
 
     def __call__(self, fn):
         def wrapper(*args, **kwargs):

@@ -7,6 +7,7 @@ once, instead of a Python loop of small ones per tensor.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -98,6 +99,11 @@ class _FlatGroup:
             for p, n in zip(self.params, self.sizes)
         ])
 
+    def slices_without_grad(self) -> list[slice]:
+        """Where in the flat buffer the parameters that got no gradient this step lie."""
+        starts = [0, *itertools.accumulate(self.sizes)]
+        return [slice(starts[i], starts[i + 1]) for i, p in enumerate(self.params) if p.grad is None]
+
 
 class AdamW(Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019):
@@ -107,6 +113,7 @@ class AdamW(Optimizer):
         p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 
     Groups may set their own weight_decay, e.g. 0 for biases and LayerNorm weights (1-D).
+    A parameter whose .grad is None is left alone (no decay, no moment update), as in PyTorch.
     Create the optimizer after moving the model to its device: it takes over the arrays.
     """
 
@@ -124,6 +131,8 @@ class AdamW(Optimizer):
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             xp = backend.array_module(flat.data)
             g, scratch = flat.flat_grad(), flat.scratch  # in-place updates: no temporaries
+            skipped = [(s, flat.data[s].copy(), flat.m[s].copy(), flat.v[s].copy())
+                       for s in flat.slices_without_grad()]  # the whole buffer is updated, then these are put back
             if wd:
                 flat.data *= 1 - lr * wd
             flat.m *= beta1
@@ -138,6 +147,8 @@ class AdamW(Optimizer):
             update = xp.divide(flat.m, denom, out=scratch)
             update *= lr / (1 - beta1**self.t)
             flat.data -= update
+            for s, data, m, v in skipped:
+                flat.data[s], flat.m[s], flat.v[s] = data, m, v
 
     def state_dict(self) -> dict[str, Any]:
         """Moments as NumPy arrays and the step count: enough to resume exactly."""

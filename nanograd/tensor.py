@@ -158,12 +158,14 @@ class Tensor:
 
     # ---- operators (the ops themselves live in nanograd/ops) ---------------------------------
     def _lift(self, other: Any) -> Tensor:
-        """Python numbers take this tensor's dtype, so float32 stays float32."""
+        """Python numbers take this tensor's dtype, so float32 stays float32 (but an integer
+        tensor times a Python float is float, not truncated)."""
         if isinstance(other, Tensor):
             return other
         xp = backend.array_module(self.data)
         if isinstance(other, (int, float)):
-            return Tensor(xp.asarray(other, dtype=self.dtype))
+            keeps_dtype = isinstance(other, int) or xp.issubdtype(self.dtype, xp.floating)
+            return Tensor(xp.asarray(other, dtype=self.dtype if keeps_dtype else xp.float32))
         return Tensor(xp.asarray(other))
 
     def _binary(self, op: type[Function], other: Any, name: str, reverse: bool = False) -> Tensor:

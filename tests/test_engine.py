@@ -198,6 +198,36 @@ def test_grad_recording_resumes_after_no_grad_even_after_an_error():
     np.testing.assert_allclose(x.grad, [2.0])
 
 
+def test_one_no_grad_instance_can_be_nested_inside_itself():
+    off = no_grad()
+    with off:
+        with off:
+            pass
+        assert not (leaf([1.0]) * 2).requires_grad
+    assert (leaf([1.0]) * 2).requires_grad
+
+
+def test_integer_tensor_times_a_float_is_not_truncated():
+    ints = Tensor(np.array([1, 2, 3]))
+    np.testing.assert_allclose((ints * 0.5).numpy(), [0.5, 1.0, 1.5])
+    np.testing.assert_allclose(ints.mean().item(), 2.0)
+    assert (ints + 1).dtype == ints.dtype  # an int keeps the integer dtype
+
+
+def test_pow_zero_has_a_zero_gradient_even_at_zero():
+    x = leaf([0.0, 2.0])
+    (x**0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0])
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_ids_out_of_range_are_refused_by_embedding_and_cross_entropy(bad):
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        F.cross_entropy(leaf(np.zeros((2, 3))), Tensor(np.array([0, bad])))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        F.embedding(Tensor(np.array([bad, 1])), leaf(np.zeros((3, 2))))
+
+
 # ---- errors ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("op", [lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b, lambda a, b: a / b],
                          ids=["add", "sub", "mul", "div"])

@@ -76,6 +76,12 @@ def test_cached_generation_runs_past_block_size_and_is_seeded():
     assert ((0 <= a) & (a < TINY["vocab_size"])).all()
 
 
+def test_cached_generation_with_a_one_token_block():
+    model = tiny_gpt(block_size=1).eval()
+    out = model.generate(random_ids((1, 1), seed=7), 5, rng=np.random.default_rng(0))
+    assert out.shape == (1, 6)
+
+
 def test_same_seed_same_training():
     def run():
         model = tiny_gpt(seed=7, dropout=0.1, block_size=8)

@@ -212,6 +212,19 @@ def test_adamw_matches_the_formula_and_skips_decay_where_asked():
     np.testing.assert_allclose(plain.data, [0.5 - 2 * 0.01], rtol=1e-9)  # Adam steps of size lr, no decay
 
 
+def test_adamw_leaves_a_parameter_without_gradient_alone():
+    used, unused = (nn.Parameter(np.ones(3, dtype=np.float32)) for _ in range(2))
+    opt = optim.AdamW([used, unused], lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        used.grad, unused.grad = np.ones(3, dtype=np.float32), None
+        opt.step()
+    np.testing.assert_array_equal(unused.data, np.ones(3))  # no decay, no momentum
+    assert (used.data < 0.8).all()
+    unused.grad = np.zeros(3, dtype=np.float32)
+    opt.step()  # its moments stayed 0: a zero gradient now moves it only by decay
+    np.testing.assert_allclose(unused.data, 1 - 0.1 * 0.5, rtol=1e-6)
+
+
 @pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1), lambda ps: optim.AdamW(ps, lr=0.1)],
                          ids=["SGD", "AdamW"])
 def test_optimizers_keep_each_parameter_dtype(make):

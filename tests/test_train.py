@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gpt import sample, train
-from gpt.checkpoint import load_checkpoint
+from gpt.checkpoint import load_checkpoint, save_checkpoint
 from gpt.run import load_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,6 +126,8 @@ def test_sampler_is_seeded_and_stops(text_file, tmp_path, capsys):
     (["--dropout", "1.5"], "--dropout"),
     (["--device", "tpu"], "unknown device"),
     (["--block-size", "5000"], "shorter than"),
+    (["--beta1", "-0.1"], "--beta1 must be in [0, 1)"),
+    (["--beta2", "1"], "--beta2 must be in [0, 1)"),
 ])
 def test_bad_flags_get_one_line_errors(text_file, tmp_path, capsys, args, message):
     assert run_train("--data", text_file, "--out-dir", tmp_path / "x", "--quiet", *args) == 2
@@ -146,6 +148,57 @@ def test_bad_data_files_get_one_line_errors(tmp_path, capsys, content, message):
     assert run_train("--data", path, "--out-dir", tmp_path / "x", *TINY) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message.lower() in err.lower() and "\n" not in err
+
+
+def test_an_out_dir_that_cannot_be_written_is_a_one_line_error(text_file, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err
+
+
+def test_resume_adds_no_duplicate_metrics_row(text_file, tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", text_file, "--out-dir", out, "--eval-interval", "2", *TINY]
+    assert run_train(*common, "--max-iters", "4") == 0
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "6") == 0
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "6") == 0  # already finished: nothing new
+    assert [r["step"] for r in read_metrics(out)] == [0, 2, 4, 6]
+
+
+def test_resume_from_a_checkpoint_without_training_state_is_refused(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    del meta["optimizer_t"]
+    save_checkpoint(out / "ckpt.npz", {k: v for k, v in arrays.items() if k.startswith("model.")}, meta)
+    capsys.readouterr()
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "4") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no usable training state" in err and "\n" not in err
+    assert sample.main(["--out-dir", str(out), "--max-new-tokens", "5"]) == 0  # the weights still sample
+
+
+def test_checkpoints_get_an_ordinary_file_mode(text_file, tmp_path):
+    out = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    finally:
+        os.umask(old)
+    assert (out / "ckpt.npz").stat().st_mode & 0o777 == 0o644
+
+
+def test_sampling_into_a_closed_pipe_ends_quietly(text_file, tmp_path):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    sampler = subprocess.Popen([sys.executable, "-m", "gpt.sample", "--out-dir", str(out), "--max-new-tokens",
+                                "100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sampler.stdout.read(5)
+    sampler.stdout.close()  # the reader goes away, as `| head -c 5` does
+    assert sampler.wait(timeout=60) == 1
+    assert sampler.stderr.read() == b""
 
 
 def test_bad_checkpoints_and_prompts_get_one_line_errors(text_file, tmp_path, capsys):

@@ -66,13 +66,15 @@ class Neg(Function):
 
 
 class Pow(Function):
-    """z = x ** p for a constant number p.   dL/dx = g * p * x^(p-1)."""
+    """z = x ** p for a constant number p.   dL/dx = g * p * x^(p-1)   (0 for p = 0: z is constant)."""
 
     def forward(self, x, exponent):
         self.x, self.p = x, exponent
         return x**exponent
 
     def backward(self, g):
+        if self.p == 0:
+            return (array_module(g).zeros_like(self.x),)
         return (g * self.p * self.x ** (self.p - 1),)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 
-from ..backend import array_module, scatter_add_rows
+from ..backend import array_module, device_of, scatter_add_rows
 from ..function import Function
 
 
@@ -73,6 +73,16 @@ class LogSoftmax(Function):
         return (g - xp.exp(self.y) * g.sum(axis=self.axis, keepdims=True),)
 
 
+def _check_ids(ids, n: int, what: str) -> None:
+    """Raise if some id is outside [0, n): NumPy would wrap a negative id around silently.
+
+    Checked on the CPU only: on the GPU, reading the min and max back to the host would stall
+    every step.
+    """
+    if ids.size and device_of(ids) == "cpu" and (ids.min() < 0 or ids.max() >= n):
+        raise ValueError(f"{what}: ids must lie in [0, {n}), got values from {ids.min()} to {ids.max()}")
+
+
 class CrossEntropy(Function):
     """loss = -(1/N) sum_n log softmax(logits_n)[target_n], for logits (N, V), targets (N,) ints.
 
@@ -86,6 +96,7 @@ class CrossEntropy(Function):
         N, V = logits.shape
         if targets.shape != (N,):
             raise ValueError(f"cross_entropy: targets of shape {targets.shape} for logits {logits.shape}")
+        _check_ids(targets, V, "cross_entropy targets")
         self.targets = targets
         shifted = logits - logits.max(axis=1, keepdims=True)  # (N, V), max 0: exp cannot overflow
         exp = xp.exp(shifted)  # (N, V)
@@ -114,6 +125,7 @@ class Embedding(Function):
     """
 
     def forward(self, weight, idx):
+        _check_ids(idx, weight.shape[0], "embedding")
         self.idx, self.weight_shape, self.dtype = idx, weight.shape, weight.dtype
         return weight[idx]  # idx.shape + (C,)
 

@@ -1,0 +1,54 @@
+"""Turning logits into tokens: temperature, top-k, top-p and the inverse-CDF draw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpt.sampling import probabilities, sample
+
+LOGITS = np.array([[2.0, 1.0, 0.5, -1.0], [0.0, 0.0, 3.0, 0.0]])
+
+
+def test_temperature_one_is_the_softmax():
+    expected = np.exp(LOGITS) / np.exp(LOGITS).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities(LOGITS), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-310])
+def test_a_tiny_temperature_picks_the_argmax(temperature):
+    probs = probabilities(LOGITS, temperature)
+    assert np.isfinite(probs).all()
+    np.testing.assert_array_equal(probs, [[1, 0, 0, 0], [0, 0, 1, 0]])
+
+
+def test_a_high_temperature_flattens_the_distribution():
+    np.testing.assert_allclose(probabilities(LOGITS, 1e6), 0.25, atol=1e-5)
+
+
+def test_huge_logits_stay_finite():
+    probs = probabilities(np.array([[1e30, -1e30, 1e30]]), 0.5)
+    np.testing.assert_allclose(probs, [[0.5, 0, 0.5]])
+
+
+def test_top_k_keeps_the_k_likeliest():
+    probs = probabilities(LOGITS[:1], top_k=2)
+    assert (probs[0, 2:] == 0).all() and probs[0, 0] > probs[0, 1] > 0
+    np.testing.assert_allclose(probs.sum(), 1.0)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
+    np.testing.assert_allclose(probabilities(logits, top_p=0.7), [[0.625, 0.375, 0, 0]])
+    np.testing.assert_allclose(probabilities(logits, top_p=0.1), [[1, 0, 0, 0]])  # the first always stays
+
+
+def test_draws_follow_the_probabilities():
+    probs = np.tile([[0.1, 0.6, 0.3]], (20000, 1))
+    counts = np.bincount(sample(probs, np.random.default_rng(0)), minlength=3) / 20000
+    np.testing.assert_allclose(counts, [0.1, 0.6, 0.3], atol=0.015)
+
+
+def test_a_zero_or_negative_temperature_is_refused():
+    with pytest.raises(ValueError, match="temperature"):
+        probabilities(LOGITS, 0.0)
