@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import blas_threads, setup_torch, time_calls  # noqa: E402
 
+import nanograd  # noqa: E402
 from nanograd import Tensor  # noqa: E402
 from nanograd import functional as F  # noqa: E402
 
@@ -141,6 +142,7 @@ def check(name: str, actual: np.ndarray, expected: np.ndarray, what: str) -> Non
 
 
 def main() -> None:
+    nanograd.backend.keep_freed_memory()  # as gpt.train does: the same allocator for both implementations
     torch = setup_torch("cpu")
     head = f"{'op':<26} {'fwd ms':>8} {'bwd ms':>8}"
     print(f"B={B} T={T} C={C} nh={NH} V={V}, float32, BLAS threads: {blas_threads()}")

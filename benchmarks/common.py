@@ -6,6 +6,7 @@ as `python benchmarks/<script>.py`.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -32,8 +33,8 @@ def blas_threads() -> int:
     """How many threads NumPy's BLAS uses: PyTorch is given the same number, for a fair race."""
     try:
         from threadpoolctl import threadpool_info
-    except ImportError:
-        return 1
+    except ImportError:  # OpenBLAS's default: one thread per core
+        return os.cpu_count() or 1
     counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
     return max(counts, default=1)
 

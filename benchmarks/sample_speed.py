@@ -29,6 +29,7 @@ from gpt.run import PRESETS, TrainConfig, build_model, checkpoint_path, load_run
 
 
 def main(argv: list[str] | None = None) -> None:
+    nanograd.backend.keep_freed_memory()  # as gpt.train does: the same allocator for both implementations
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", default=None, help="load this run's checkpoint instead of a random model")
     p.add_argument("--tokens", type=int, default=500, help="new tokens to generate")

@@ -30,6 +30,7 @@ from gpt.train import lr_at  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
+    nanograd.backend.keep_freed_memory()  # as gpt.train does: the same allocator for both implementations
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-iters", type=int, default=None)
     p.add_argument("--data", default=None)

@@ -46,10 +46,12 @@ from common import (  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model, parameter_groups  # noqa: E402
-from nanograd import backend, optim  # noqa: E402
+from gpt.train import train_step  # noqa: E402
+from nanograd import optim  # noqa: E402
+from nanograd.parallel import DataParallel  # noqa: E402
 
 VOCAB = 65  # tiny shakespeare's characters; the batches are random ids, speed does not care
-SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size")
+SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "threads")
 # --sweep: every block size x width, 4 layers, one head per 32 channels, and the batch cut so
 # that each step sees SWEEP_TOKENS tokens (the baby model's 12 x 64): steps stay small on 2 cores
 SWEEP_BLOCKS, SWEEP_WIDTHS, SWEEP_TOKENS = (64, 128, 256, 512), (128, 256, 384), 768
@@ -84,20 +86,16 @@ def random_batch(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def nanograd_trainer(config: TrainConfig) -> tuple[Any, Step]:
-    """(model, one training step) for nanograd on config.device, as gpt.train runs it."""
+    """(model, one training step) for nanograd on config.device: gpt.train's own train_step."""
     nanograd.manual_seed(0)
     model = build_model(config, VOCAB).to(config.device)
     # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
     opt = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
-    x, y = (backend.to_device(a, config.device) for a in random_batch(config))
-    clip = config.grad_clip or float("inf")
+    parallel = DataParallel(model, config.worker_threads())
+    x, y = random_batch(config)
 
     def step() -> None:
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        optim.clip_grad_norm(model.parameters(), clip)
-        opt.step()
+        train_step(parallel, opt, x, y, config, config.device)
 
     return model, step
 
@@ -146,7 +144,8 @@ def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: M
              "tokens_per_s": round(tokens / s, 1), "mfu": round(flops / s / peak, 4),
              "batch_size": config.batch_size, "block_size": config.block_size, "n_embd": config.n_embd,
              "n_layer": config.n_layer, "n_head": config.n_head, "device": config.device,
-             "threads": blas_threads(), "steps": args.steps, "rounds": args.rounds}
+             "threads": blas_threads(), "nanograd_threads": config.worker_threads(), "steps": args.steps,
+             "rounds": args.rounds}
             for impl, s in seconds.items()]
     if torch is not None:
         rows[0]["nanograd_over_torch"] = round(rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"], 3)
@@ -204,6 +203,7 @@ def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    nanograd.backend.keep_freed_memory()  # as gpt.train does: the same allocator for both implementations
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="baby", choices=sorted(PRESETS))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nanograd import backend, nn
+from nanograd.parallel import default_workers
 
 from .bigram import BigramLanguageModel
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -54,6 +55,8 @@ class TrainConfig:
     eval_iters: int = field(default=200, metadata={"help": "batches per loss estimate"})
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, batches and dropout"})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'"})
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU worker threads, each training on a slice of the batch (default: one per BLAS thread)"})
     out_dir: str = field(default="out", metadata={"help": "directory for checkpoints and logs"})
     resume: bool = field(default=False, metadata={"help": "continue the run saved in out_dir"})
     sample_tokens: int = field(default=300, metadata={"help": "characters sampled at the end (0: none)"})
@@ -64,6 +67,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be positive, got {self.threads}")
         for name in ("max_iters", "warmup_iters", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
@@ -83,11 +88,31 @@ class TrainConfig:
         if self.model == "gpt" and self.n_embd % self.n_head:
             raise UserError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
 
+    def worker_threads(self) -> int:
+        """How many threads share each batch (nanograd.parallel): --threads if given, else one
+        per BLAS thread, as long as each thread's slice keeps at least MIN_ACTIVATIONS_PER_THREAD
+        activations (B T C / threads). On smaller steps the threads mostly take turns holding the
+        GIL, and one thread is faster: on the 2-core machine here, 2 threads lost at 12 x 32 x 64
+        (12K per thread), broke even near 25K and won 1.5x at 37K and above (train_speed.py
+        --threads). The bigram model and GPUs get one thread."""
+        if self.device != "cpu":
+            return 1
+        if self.threads:
+            return self.threads
+        if self.model != "gpt":
+            return 1
+        threads = min(default_workers(), self.batch_size)
+        while threads > 1 and self.batch_size * self.block_size * self.n_embd / threads < MIN_ACTIVATIONS_PER_THREAD:
+            threads -= 1
+        return threads
+
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
                          tie_weights=self.tie_weights)
 
+
+MIN_ACTIVATIONS_PER_THREAD = 32 * 1024  # see TrainConfig.worker_threads
 
 # Fields that fix the shape of the model: a checkpoint only loads into the same values.
 MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights")

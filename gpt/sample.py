@@ -11,6 +11,8 @@ from typing import TextIO
 
 import numpy as np
 
+from nanograd import backend
+
 from . import sampling
 from .errors import UserError, exit_status
 from .run import check_device, checkpoint_path, load_run
@@ -77,6 +79,7 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    backend.keep_freed_memory()
     return exit_status(lambda: write_samples(args, sys.stdout))
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 import nanograd
 from nanograd import backend, no_grad, optim
+from nanograd.parallel import DataParallel
 
 from . import sampling
 from .data import CharDataset, load_text
@@ -58,30 +59,35 @@ class _StopRequest:
         signal.signal(signal.SIGINT, self.previous)
 
 
+def model_loss(model: Any, x: Any, y: Any) -> Any:
+    """The model's mean cross-entropy on inputs x and targets y (B, T): what training minimises."""
+    return model(x, y)[1]
+
+
 @no_grad()
-def estimate_loss(model: Any, batches: list[tuple[np.ndarray, np.ndarray]], device: str) -> float:
+def estimate_loss(parallel: DataParallel, batches: list[tuple[np.ndarray, np.ndarray]], device: str) -> float:
     """Mean loss over fixed batches, in eval mode (no dropout) and with no graph."""
-    model.eval()
-    losses = [model(backend.to_device(x, device), backend.to_device(y, device))[1].item()
+    parallel.model.eval()
+    losses = [parallel.loss(model_loss, backend.to_device(x, device), backend.to_device(y, device))
               for x, y in batches]
-    model.train()
+    parallel.model.train()
     return float(np.mean(losses))
 
 
-def train_step(model: Any, optimizer: optim.AdamW, x: np.ndarray, y: np.ndarray, config: TrainConfig,
-               device: str) -> tuple[float, float]:
-    """One update: forward, backward, clip, AdamW. Returns (loss, gradient norm before clipping).
+def train_step(parallel: DataParallel, optimizer: optim.AdamW, x: np.ndarray, y: np.ndarray,
+               config: TrainConfig, device: str) -> tuple[float, float]:
+    """One update: forward, backward (each worker thread on a slice of the batch), clip, AdamW.
 
-    A non-finite loss returns before the update, so the model stays as it was.
+    Returns (loss, gradient norm before clipping). A non-finite loss returns before the
+    update, so the model stays as it was.
     """
-    _, loss = model(backend.to_device(x, device), backend.to_device(y, device))
-    loss_value = loss.item()
+    optimizer.zero_grad()
+    loss_value = parallel.loss(model_loss, backend.to_device(x, device), backend.to_device(y, device),
+                               backward=True)
     if not math.isfinite(loss_value):
         return loss_value, math.nan
-    optimizer.zero_grad()
-    loss.backward()
     # the norm before clipping is the health signal (max_norm inf only measures it)
-    grad_norm = optim.clip_grad_norm(model.parameters(), config.grad_clip or math.inf)
+    grad_norm = optim.clip_grad_norm(parallel.model.parameters(), config.grad_clip or math.inf)
     optimizer.step()
     return loss_value, grad_norm
 
@@ -133,8 +139,11 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     if model is None:
         model = build_model(config, tokenizer.vocab_size).to(device)
     n_params = model.num_parameters()
+    parallel = DataParallel(model, config.worker_threads())
     log(f"{config.model}: {n_params:,} parameters, vocabulary {tokenizer.vocab_size}, "
         f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
+    if parallel.workers > 1:
+        log(f"{parallel.workers} threads, each on a slice of every batch (--threads to change)")
     optimizer = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                             betas=(config.beta1, config.beta2))
     batch_rng = np.random.default_rng(config.seed)
@@ -176,8 +185,8 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
             state["elapsed_s"] = time.perf_counter() - t_start
             if step != evaluated_step and (step % config.eval_interval == 0 or step == config.max_iters):
                 row = {"step": step,
-                       "train_loss": estimate_loss(model, eval_batches["train"], device),
-                       "val_loss": estimate_loss(model, eval_batches["val"], device),
+                       "train_loss": estimate_loss(parallel, eval_batches["train"], device),
+                       "val_loss": estimate_loss(parallel, eval_batches["val"], device),
                        "lr": lr_at(config, step), "grad_norm": None if math.isnan(grad_norm) else grad_norm,
                        "clipped_steps": state["clipped_steps"], "elapsed_s": round(state["elapsed_s"], 3),
                        "tokens_per_s": round(train_steps * tokens_per_step / train_seconds, 1)
@@ -204,7 +213,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
             t0 = time.perf_counter()
             optimizer.lr = lr_at(config, step)
             x, y = dataset.get_batch("train", config.batch_size, config.block_size, batch_rng)
-            loss_value, grad_norm = train_step(model, optimizer, x, y, config, device)
+            loss_value, grad_norm = train_step(parallel, optimizer, x, y, config, device)
             if not math.isfinite(loss_value):
                 raise UserError(f"loss became {loss_value} at step {step}; the last good checkpoint "
                                 f"is {checkpoint_path(out_dir)} (try a lower --lr)")
@@ -261,6 +270,7 @@ def run(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser("Train a character-level GPT (or bigram) with nanograd.").parse_args(argv)
+    backend.keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     # a first Ctrl-C stops at the end of the step and saves (see _StopRequest); a second one
     # lands mid-step, and the last checkpoint is still whole
     return exit_status(lambda: run(args), interrupted="interrupted (no checkpoint written since the last evaluation)")

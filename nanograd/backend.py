@@ -7,6 +7,10 @@ NumPy directly on tensor data (tests/test_backend_guard.py checks this).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import threading
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -113,6 +117,26 @@ def index_add(out: Any, index: Any, values: Any) -> None:
         cupyx.scatter_add(out, index, values)
 
 
+def keep_freed_memory() -> bool:
+    """Ask the C library's malloc to keep freed memory for reuse instead of returning it to
+    the OS. Returns whether it could (glibc only: Linux; elsewhere nothing changes).
+
+    Every training step allocates and frees the same tens of MB of activations. By default
+    glibc gives large blocks back to the kernel when they are freed and maps them again at the
+    next step, paying a page fault per 4 KiB touched: about 9,000 faults and 20% of a baby
+    step here (benchmarks/RESULTS.md). With this, the process keeps its high-water mark of
+    memory instead. It is process-wide, so it helps every library in the process alike.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+    # blocks up to 32 MiB (glibc's maximum) come from the heap, never mmap; the heap is
+    # trimmed only when 1 GiB sits free at its top
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 # One random generator per device, reseeded by nanograd.manual_seed: dropout masks and
 # parameter initialisation draw from it, so a seeded run is reproducible.
 _generators: dict[str, Any] = {}
@@ -125,8 +149,24 @@ def manual_seed(seed: int) -> None:
     _generators["cpu"] = np.random.default_rng(seed)
 
 
+_thread = threading.local()  # a data-parallel worker's own generator (see thread_generator)
+
+
+@contextlib.contextmanager
+def thread_generator(rng: np.random.Generator) -> Iterator[None]:
+    """Within this block, generator('cpu') returns rng in this thread only: each worker of
+    nanograd.parallel draws its dropout masks from its own stream, in a repeatable order."""
+    _thread.generator = rng
+    try:
+        yield
+    finally:
+        _thread.generator = None
+
+
 def generator(device: str = "cpu") -> Any:
     """The seeded generator of a device: numpy.random.Generator or cupy.random.Generator."""
+    if device == "cpu" and getattr(_thread, "generator", None) is not None:
+        return _thread.generator
     if device not in _generators:
         seed = _generators.get("seed", 0)
         xp = np if device == "cpu" else _cupy
