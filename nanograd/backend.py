@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -105,6 +105,31 @@ def scatter_add_rows(out: Any, rows: Any, values: Any) -> None:
     # start index of each run of equal ids in the sorted list
     starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
     out[sorted_rows[starts]] += np.add.reduceat(values[order], starts, axis=0)
+
+
+# About 256 KB of float32 per array: a few such arrays fit in a core's L2 cache together.
+BLOCK_ELEMENTS = 1 << 16
+
+
+def in_blocks(fn: Callable[..., None], *arrays: Any) -> None:
+    """Call fn(*blocks) on matching blocks of same-shaped arrays, about BLOCK_ELEMENTS numbers each.
+
+    The blocks are 2-D views (rows, last axis), cut between rows so that a row-wise op still
+    sees whole rows; a 1-D array is cut into runs of BLOCK_ELEMENTS numbers. An element-wise formula
+    written as a dozen in-place NumPy passes streams each whole array through memory a dozen
+    times; run block by block, the passes find their block still in the core's cache. On a
+    GPU there is no such cache to fit, and each call is a kernel launch: one call there.
+    """
+    block = BLOCK_ELEMENTS
+    if (array_module(*arrays) is not np or arrays[0].size <= block
+            or not all(a.flags.c_contiguous for a in arrays)):  # a reshaped copy would drop the writes
+        fn(*arrays)
+        return
+    width = arrays[0].shape[-1] if arrays[0].ndim > 1 else 1
+    rows = [a.reshape(-1, width) for a in arrays]  # views, as the arrays are contiguous
+    step = max(1, block // width)
+    for start in range(0, rows[0].shape[0], step):
+        fn(*(r[start : start + step] for r in rows))
 
 
 def index_add(out: Any, index: Any, values: Any) -> None:

@@ -7,6 +7,7 @@ once, instead of a Python loop of small ones per tensor.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable
@@ -129,24 +130,12 @@ class AdamW(Optimizer):
         self.t += 1
         for group, flat in self.flat:
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            xp = backend.array_module(flat.data)
-            g, scratch = flat.flat_grad(), flat.scratch  # in-place updates: no temporaries
             skipped = [(s, flat.data[s].copy(), flat.m[s].copy(), flat.v[s].copy())
                        for s in flat.slices_without_grad()]  # the whole buffer is updated, then these are put back
-            if wd:
-                flat.data *= 1 - lr * wd
-            flat.m *= beta1
-            flat.m += xp.multiply(g, 1 - beta1, out=scratch)
-            flat.v *= beta2
-            g *= g
-            g *= 1 - beta2
-            flat.v += g
-            denom = xp.multiply(flat.v, 1 / (1 - beta2**self.t), out=scratch)
-            xp.sqrt(denom, out=denom)
-            denom += eps
-            update = xp.divide(flat.m, denom, out=scratch)
-            update *= lr / (1 - beta1**self.t)
-            flat.data -= update
+            update = functools.partial(_adamw_update, lr=lr, beta1=beta1, beta2=beta2, eps=eps, wd=wd, t=self.t)
+            # block by block, so that the dozen passes find each block still in cache (1.3x
+            # faster than whole-buffer passes at 0.8M and 7M parameters, benchmarks/RESULTS.md)
+            backend.in_blocks(update, flat.data, flat.m, flat.v, flat.flat_grad(), flat.scratch)
             for s, data, m, v in skipped:
                 flat.data[s], flat.m[s], flat.v[s] = data, m, v
 
@@ -166,6 +155,25 @@ class AdamW(Optimizer):
                 if value.shape != flat.m.shape:
                     raise ValueError(f"optimizer state group{i}.{name}: shape {value.shape}, expected {flat.m.shape}")
                 getattr(flat, name)[...] = backend.to_device(value, backend.device_of(flat.m))
+
+
+def _adamw_update(data, m, v, g, scratch, *, lr, beta1, beta2, eps, wd, t) -> None:
+    """One AdamW update of matching flat arrays, in place (g is overwritten; scratch is spare)."""
+    xp = backend.array_module(data)
+    if wd:
+        data *= 1 - lr * wd
+    m *= beta1
+    m += xp.multiply(g, 1 - beta1, out=scratch)  # m = beta1 m + (1 - beta1) g
+    v *= beta2
+    g *= g
+    g *= 1 - beta2
+    v += g  # v = beta2 v + (1 - beta2) g^2
+    denom = xp.multiply(v, 1 / (1 - beta2**t), out=scratch)
+    xp.sqrt(denom, out=denom)
+    denom += eps  # sqrt(v / (1 - beta2^t)) + eps
+    step = xp.divide(m, denom, out=scratch)
+    step *= lr / (1 - beta1**t)
+    data -= step
 
 
 def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:

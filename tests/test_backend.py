@@ -53,6 +53,31 @@ def test_device_names_are_normalised():
     assert Tensor([1.0]).device == "cpu"
 
 
+@pytest.mark.parametrize("shape", [(5,), (7, 3), (2, 3, 4)])
+@pytest.mark.parametrize("block", [1, 4, 6, 1000])
+def test_in_blocks_covers_every_element_once_with_whole_rows(monkeypatch, shape, block):
+    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", block)
+    x = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    out = np.zeros_like(x)
+    widths = set()
+
+    def double(src, dst):
+        widths.add(src.shape[-1] if src.ndim > 1 else 1)
+        dst += 2 * src
+
+    backend.in_blocks(double, x, out)
+    np.testing.assert_array_equal(out, 2 * x)
+    assert widths == {shape[-1] if len(shape) > 1 else 1} or x.size <= block
+
+
+def test_in_blocks_runs_once_on_a_non_contiguous_array(monkeypatch):
+    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 2)
+    out = np.zeros((4, 3)).T  # a transposed view: reshaping it would copy, and the writes be lost
+    calls = []
+    backend.in_blocks(lambda o: (calls.append(o.shape), o.fill(1.0)), out)
+    assert calls == [(3, 4)] and (out == 1).all()
+
+
 @pytest.mark.parametrize("one_hot_max", [backend.ONE_HOT_MAX_ELEMENTS, 0], ids=["one-hot", "sorted"])
 def test_scatter_add_rows_accumulates_repeats_like_add_at(monkeypatch, one_hot_max):
     monkeypatch.setattr(backend, "ONE_HOT_MAX_ELEMENTS", one_hot_max)  # both strategies

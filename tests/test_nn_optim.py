@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from nanograd import Tensor, nn, optim
+from nanograd import Tensor, backend, nn, optim
 from nanograd import functional as F
 
 
@@ -195,7 +195,9 @@ def test_optimizer_zero_grad_clears_every_gradient():
     assert all(p.grad is None or not p.grad.any() for p in (a, b))
 
 
-def test_adamw_matches_the_formula_and_skips_decay_where_asked():
+@pytest.mark.parametrize("block", [2, 1 << 16], ids=["in-blocks-of-2", "whole"])
+def test_adamw_matches_the_formula_and_skips_decay_where_asked(monkeypatch, block):
+    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", block)  # the update runs block by block
     decayed, plain = param([1.0, -2.0, 3.0]), param([0.5])
     opt = optim.AdamW([{"params": [decayed]}, {"params": [plain], "weight_decay": 0.0}],
                       lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
