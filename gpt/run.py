@@ -90,19 +90,26 @@ class TrainConfig:
 
     def worker_threads(self) -> int:
         """How many threads share each batch (nanograd.parallel): --threads if given, else one
-        per BLAS thread, as long as each thread's slice keeps at least MIN_ACTIVATIONS_PER_THREAD
-        activations (B T C / threads). On smaller steps the threads mostly take turns holding the
-        GIL, and one thread is faster: on the 2-core machine here, 2 threads lost at 12 x 32 x 64
-        (12K per thread), broke even near 25K and won 1.5x at 37K and above (train_speed.py
-        --threads). The bigram model and GPUs get one thread."""
+        per BLAS thread, as long as
+
+        - each thread's slice keeps at least MIN_ACTIVATIONS_PER_THREAD activations (B T C /
+          threads). On smaller steps the threads mostly take turns holding the GIL, and one
+          thread is faster: on the 2-core machine here, 2 threads lost at 12 x 32 x 64 (12K per
+          thread), broke even near 25K and won 1.5x at 37K and above (train_speed.py --threads);
+        - the batch splits evenly enough: the step waits for the largest slice, so 3 sequences
+          on 2 threads (2 + 1) run no faster than on one thread with a two-thread BLAS.
+
+        The bigram model and GPUs get one thread."""
         if self.device != "cpu":
             return 1
         if self.threads:
             return self.threads
         if self.model != "gpt":
             return 1
-        threads = min(default_workers(), self.batch_size)
-        while threads > 1 and self.batch_size * self.block_size * self.n_embd / threads < MIN_ACTIVATIONS_PER_THREAD:
+        B, activations = self.batch_size, self.batch_size * self.block_size * self.n_embd
+        threads = min(default_workers(), B)
+        while threads > 1 and (activations / threads < MIN_ACTIVATIONS_PER_THREAD
+                               or math.ceil(B / threads) > MAX_SLICE_IMBALANCE * B / threads):
             threads -= 1
         return threads
 
@@ -113,6 +120,7 @@ class TrainConfig:
 
 
 MIN_ACTIVATIONS_PER_THREAD = 32 * 1024  # see TrainConfig.worker_threads
+MAX_SLICE_IMBALANCE = 1.2  # the largest slice may hold at most 20% more than an even share
 
 # Fields that fix the shape of the model: a checkpoint only loads into the same values.
 MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nanograd
-from gpt import train
+from gpt import run, train
 from gpt.model import GPT, GPTConfig
 from gpt.run import TrainConfig
 from nanograd import backend, no_grad, optim
@@ -126,12 +126,15 @@ def test_a_thread_generator_is_seen_by_its_own_thread_only():
 
 
 @pytest.mark.parametrize("fields, expected", [
+    (dict(), 2),  # the baby preset's sizes
     (dict(threads=3), 3),
     (dict(threads=3, device="cuda"), 1),
     (dict(model="bigram"), 1),
     (dict(n_embd=8, n_head=2, batch_size=4, block_size=8), 1),  # too small a step to share
+    (dict(batch_size=3, block_size=256), 1),  # 2 + 1 sequences: the step waits for the 2
 ])
-def test_worker_threads(fields, expected):
+def test_worker_threads(monkeypatch, fields, expected):
+    monkeypatch.setattr(run, "default_workers", lambda: 2)  # as on a 2-core machine
     assert TrainConfig(**fields).worker_threads() == expected
 
 
