@@ -22,7 +22,9 @@ def exit_status(run: Callable[[], object], interrupted: str = "interrupted") -> 
         run()
     except BrokenPipeError:
         # stdout is gone: point it at /dev/null so that Python's exit flush does not fail again
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 1
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

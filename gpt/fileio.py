@@ -10,7 +10,15 @@ from typing import BinaryIO
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it, so put it straight back
+    """The process's umask, read from /proc on Linux (setting it to read it, the only portable
+    way, would briefly change it for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

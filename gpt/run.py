@@ -103,7 +103,7 @@ class TrainConfig:
         if self.device != "cpu":
             return 1
         if self.threads:
-            return self.threads
+            return min(self.threads, self.batch_size)  # a thread without a slice would only wait
         if self.model != "gpt":
             return 1
         B, activations = self.batch_size, self.batch_size * self.block_size * self.n_embd

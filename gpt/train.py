@@ -7,6 +7,7 @@ loss on fixed batches, log them to metrics.jsonl and save a checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -139,6 +140,8 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     if model is None:
         model = build_model(config, tokenizer.vocab_size).to(device)
     n_params = model.num_parameters()
+    if device == "cpu":  # saved with the run: resumed, it splits batches (and draws dropout) as before
+        config = dataclasses.replace(config, threads=config.worker_threads())
     parallel = DataParallel(model, config.worker_threads())
     log(f"{config.model}: {n_params:,} parameters, vocabulary {tokenizer.vocab_size}, "
         f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
@@ -166,8 +169,6 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     metrics_path = out_dir / "metrics.jsonl"
     if resume_meta is None:
         metrics_path.write_text("")
-    # a checkpoint is written right after each evaluation, so a resumed run has its first step's row already
-    evaluated_step = state["step"] if resume_meta is not None else None
 
     def save(path: Path) -> None:
         save_run(path, model, optimizer, config, tokenizer, {
@@ -176,6 +177,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
 
     tokens_per_step = config.batch_size * config.block_size
     grad_norm, row = float("nan"), _last_row(metrics_path)
+    evaluated_step = row.get("step")  # resumed right after an evaluation: not again at that step
     bar = None if config.quiet else _progress(config.max_iters, state["step"])
     t_start = time.perf_counter() - state["elapsed_s"]
     train_seconds, train_steps = 0.0, 0  # this session's time in training steps (no evals)

@@ -181,11 +181,11 @@ _thread = threading.local()  # a data-parallel worker's own generator (see threa
 def thread_generator(rng: np.random.Generator) -> Iterator[None]:
     """Within this block, generator('cpu') returns rng in this thread only: each worker of
     nanograd.parallel draws its dropout masks from its own stream, in a repeatable order."""
-    _thread.generator = rng
+    previous, _thread.generator = getattr(_thread, "generator", None), rng
     try:
         yield
     finally:
-        _thread.generator = None
+        _thread.generator = previous
 
 
 def generator(device: str = "cpu") -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from typing import Any
 
@@ -61,13 +61,13 @@ class DataParallel:
         if workers < 1:
             raise ValueError(f"DataParallel: workers must be at least 1, got {workers}")
         self.model, self.workers = model, workers
-        self.replica_params: list[list[Parameter]] = []  # per worker, in model.parameters() order
+        self.replicas: list[Module] = []  # none for one worker: it uses the model itself
+        self.replica_params: list[list[Parameter]] = []  # per replica, in model.parameters() order
         self.pool = None
         if workers > 1:
             shared = {id(p.data): p.data for p in model.parameters()}  # deepcopy keeps these, not copies
-            replicas = [copy.deepcopy(model, memo=dict(shared)) for _ in range(workers)]
-            self.replicas = replicas
-            self.replica_params = [r.parameters() for r in replicas]
+            self.replicas = [copy.deepcopy(model, memo=dict(shared)) for _ in range(workers)]
+            self.replica_params = [r.parameters() for r in self.replicas]
             self.pool = ThreadPoolExecutor(workers, thread_name_prefix="nanograd-worker")
 
     def loss(self, loss_fn: Callable[..., Tensor], *batch: Any, backward: bool = False) -> float:
@@ -90,7 +90,8 @@ class DataParallel:
         with _one_blas_thread():
             futures = [self.pool.submit(self._worker, replica, loss_fn, part, seed, len(part[0]) / n, backward)
                        for replica, part, seed in zip(self.replicas, slices, seeds)]
-            losses = [f.result() for f in futures]  # in order; re-raises a worker's exception
+            wait(futures)  # all of them, even if one fails: none may still be writing gradients after this
+        losses = [f.result() for f in futures]  # in order; re-raises a worker's exception
         if backward:
             self._gather_gradients(workers)
         return float(sum(losses))
@@ -107,18 +108,22 @@ class DataParallel:
         return loss.item() * weight
 
     def _sync(self, workers: int) -> None:
-        """Point the first `workers` replicas at the model's current arrays and mode (an optimizer
-        may have swapped in views of its own buffer, or the model may be in eval mode now)."""
+        """Point the first `workers` replicas at the model's current arrays, mode and frozen
+        parameters (an optimizer may have swapped in views of its own buffer, the model may be
+        in eval mode now, or some parameters no longer require a gradient)."""
         params = self.model.parameters()
         for replica, replica_params in zip(self.replicas[:workers], self.replica_params):
             for mine, theirs in zip(replica_params, params):
-                mine.data, mine.grad = theirs.data, None
+                mine.data, mine.grad, mine.requires_grad = theirs.data, None, theirs.requires_grad
             replica.train(self.model.training)
 
     def _gather_gradients(self, workers: int) -> None:
-        """model .grad += the sum of the first `workers` replicas' .grad, added in worker order."""
+        """model .grad += the sum of the first `workers` replicas' .grad, added in worker order;
+        the replicas let go of theirs (no copies of the gradients stay alive between steps)."""
         for i, p in enumerate(self.model.parameters()):
             grads = [params[i].grad for params in self.replica_params[:workers] if params[i].grad is not None]
+            for params in self.replica_params[:workers]:
+                params[i].grad = None
             if not grads:
                 continue
             total = grads[0]  # a replica's own array, free to reuse

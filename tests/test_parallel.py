@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -101,12 +102,31 @@ def test_dropout_is_seeded_and_differs_between_workers():
     assert not np.array_equal(first[0], other_seed[0])
 
 
-def test_a_failing_worker_raises_in_the_caller():
-    def broken(model, x):
-        raise RuntimeError("worker failed")
+def test_a_failing_worker_raises_in_the_caller_after_the_others_finish():
+    finished = []
 
+    def first_fails(model, x):
+        if x[0, 0] == first_id:
+            raise RuntimeError("worker failed")
+        time.sleep(0.2)  # still running when the first one fails
+        finished.append(True)
+        return model(x)[0].sum()
+
+    x = batch(4)[0]
+    first_id = x[0, 0]
+    x[2:, 0] = (first_id + 1) % 11
     with pytest.raises(RuntimeError, match="worker failed"):
-        DataParallel(tiny_gpt(), 2).loss(broken, batch(4)[0])
+        DataParallel(tiny_gpt(), 2).loss(first_fails, x, backward=True)
+    assert finished == [True]  # waited for: it cannot write gradients into a later step
+
+
+def test_a_parameter_frozen_later_gets_no_gradient():
+    model, (x, y) = tiny_gpt(), batch(4)
+    parallel = DataParallel(model, 2)
+    frozen = model.transformer.wpe.weight
+    frozen.requires_grad = False
+    parallel.loss(loss_of, x, y, backward=True)
+    assert frozen.grad is None and model.transformer.wte.weight.grad is not None
 
 
 def test_at_least_one_worker():
@@ -125,9 +145,18 @@ def test_a_thread_generator_is_seen_by_its_own_thread_only():
     assert seen["other"] is not mine and backend.generator("cpu") is not mine
 
 
+def test_thread_generators_nest():
+    outer, inner = np.random.default_rng(0), np.random.default_rng(1)
+    with backend.thread_generator(outer):
+        with backend.thread_generator(inner):
+            assert backend.generator("cpu") is inner
+        assert backend.generator("cpu") is outer
+
+
 @pytest.mark.parametrize("fields, expected", [
     (dict(), 2),  # the baby preset's sizes
     (dict(threads=3), 3),
+    (dict(threads=3, batch_size=2), 2),  # a thread per slice, at most
     (dict(threads=3, device="cuda"), 1),
     (dict(model="bigram"), 1),
     (dict(n_embd=8, n_head=2, batch_size=4, block_size=8), 1),  # too small a step to share

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt import sample, train
+from gpt import run, sample, train
 from gpt.checkpoint import load_checkpoint, save_checkpoint
 from gpt.run import load_run
 
@@ -167,6 +167,18 @@ def test_resume_adds_no_duplicate_metrics_row(text_file, tmp_path):
     assert [r["step"] for r in read_metrics(out)] == [0, 2, 4, 6]
 
 
+def test_a_resumed_run_keeps_its_thread_count(text_file, tmp_path, monkeypatch):
+    """The thread count decides the slices (and each slice's dropout stream): a resumed run must
+    not pick a new one on a machine with more cores."""
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+    _, config, *_ = load_run(out / "ckpt.npz")
+    assert config.threads == 1  # TINY is too small to share
+    monkeypatch.setattr(run, "default_workers", lambda: 8)
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "4") == 0
+    assert json.loads((out / "config.json").read_text())["threads"] == 1
+
+
 def test_resume_from_a_checkpoint_without_training_state_is_refused(text_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
@@ -248,7 +260,10 @@ def test_ctrl_c_saves_and_resume_continues(text_file, tmp_path):
     assert proc.returncode == 0, stderr
     assert "interrupted: saved step" in stdout and "Traceback" not in stderr
     _, meta = load_checkpoint(out / "ckpt.npz")
-    assert meta["step"] > 0
-    assert run_train("--out-dir", out, "--resume", "--max-iters", str(meta["step"] + 2)) == 0
+    k = meta["step"]
+    assert k > 0 and [r["step"] for r in read_metrics(out)] == [0]  # step k was never evaluated
+    assert run_train("--out-dir", out, "--resume", "--max-iters", str(k)) == 0  # nothing to train: evaluate
+    assert run_train("--out-dir", out, "--resume", "--max-iters", str(k + 2)) == 0
     _, meta_after = load_checkpoint(out / "ckpt.npz")
-    assert meta_after["step"] == meta["step"] + 2
+    assert meta_after["step"] == k + 2
+    assert [r["step"] for r in read_metrics(out)] == [0, k, k + 2]
