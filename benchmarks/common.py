@@ -96,12 +96,23 @@ def best_time(fn: Callable[[], object], repeats: int, device: str = "cpu") -> fl
     return min(time_calls(fn, 1, device) for _ in range(repeats))
 
 
+SETTLE_S = 0.5  # see alternate
+
+
 def alternate(fns: dict[str, Callable[[], object]], rounds: int, calls: int,
               device: str = "cpu") -> dict[str, float]:
     """Median seconds per call of each function, timed in turns (round 1: a, b; round 2: a, b;
-    ...) so that drift in the machine's speed (other load, clock changes) hits all alike."""
+    ...) so that drift in the machine's speed (other load, clock changes) hits all alike.
+
+    Before each round, a pause of SETTLE_S: thread pools keep their threads spinning for a
+    while after their last call (OpenBLAS about 0.1 s, OpenMP less), and without the pause
+    they take the cores from the start of the other implementation's round. Measured here:
+    PyTorch's baby step took 40 ms right after nanograd's rounds with a two-thread OpenBLAS,
+    and 30 ms after rounds that left no thread spinning.
+    """
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            time.sleep(SETTLE_S)
             times[name].append(time_calls(fn, calls, device))
     return {name: statistics.median(t) for name, t in times.items()}
