@@ -197,56 +197,55 @@ GELU_A = 0.044715
 
 
 class Gelu(Function):
-    """GELU, tanh approximation (as GPT-2): y = 0.5 x (1 + t), t = tanh(u), u = c (x + a x^3),
+    """GELU, tanh approximation (as GPT-2): y = x h, h = 0.5 (1 + tanh(u)), u = c (x + a x^3),
     with c = sqrt(2 / pi) and a = 0.044715.
 
-    dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,   du/dx = c (1 + 3 a x^2).
+    dy/dx = h + x dh/dx,   dh/dx = 0.5 (1 - tanh(u)^2) du/dx = 2 h (1 - h) du/dx,
+    du/dx = c (1 + 3 a x^2)   (with tanh(u) = 2h - 1, so 1 - tanh(u)^2 = 4 h (1 - h)).
 
     This op runs on the largest activations in the model (B, T, 4C), so both passes work in
-    place on preallocated buffers instead of allocating a temporary per arithmetic step.
+    place on preallocated buffers instead of allocating a temporary per arithmetic step, and
+    forward keeps h rather than tanh(u): y is then one product, and the backward two passes
+    shorter.
     """
 
     def forward(self, x):
         xp = array_module(x)
-        self.x, self.t, y = x, xp.empty_like(x), xp.empty_like(x)
-        _gelu_forward(x, self.t, y)
+        self.x, self.h, y = x, xp.empty_like(x), xp.empty_like(x)
+        _gelu_forward(x, self.h, y)
         return y
 
     def backward(self, g):
         xp = array_module(g)
         dx, scratch = xp.empty_like(g), xp.empty_like(g)
-        _gelu_backward(self.x, self.t, g, dx, scratch)
+        _gelu_backward(self.x, self.h, g, dx, scratch)
         return (dx,)
 
 
-def _gelu_forward(x, t, y):
-    """t = tanh(c (x + a x^3)) and y = 0.5 x (1 + t), written into t and y."""
+def _gelu_forward(x, h, y):
+    """h = 0.5 (1 + tanh(c (x + a x^3))) and y = x h, written into h and y."""
     xp = array_module(x)
-    xp.multiply(x, x, out=t)
-    t *= GELU_A
-    t += 1
-    t *= x
-    t *= GELU_C  # u
-    xp.tanh(t, out=t)
-    xp.add(t, 1, out=y)
-    y *= x
-    y *= 0.5
+    xp.multiply(x, x, out=h)
+    h *= GELU_A * GELU_C
+    h += GELU_C
+    h *= x  # u = c (x + a x^3)
+    xp.tanh(h, out=h)
+    h += 1
+    h *= 0.5
+    xp.multiply(x, h, out=y)
 
 
-def _gelu_backward(x, t, g, dx, scratch):
-    """dx = g * (0.5 (1 + t) + 0.5 x (1 - t^2) du/dx), written into dx."""
+def _gelu_backward(x, h, g, dx, scratch):
+    """dx = g * (h + 2 x h (1 - h) du/dx), written into dx."""
     xp = array_module(x)
-    du = xp.multiply(x, x, out=scratch)
-    du *= 3 * GELU_A * GELU_C
-    du += GELU_C  # du/dx = c (1 + 3 a x^2)
-    xp.multiply(t, t, out=dx)
-    dx -= 1
-    dx *= du
-    dx *= -0.5
-    dx *= x  # 0.5 x (1 - t^2) du/dx
-    half_1_plus_t = xp.add(t, 1, out=scratch)
-    half_1_plus_t *= 0.5
-    dx += half_1_plus_t  # dy/dx
+    du2 = xp.multiply(x, x, out=scratch)
+    du2 *= 6 * GELU_A * GELU_C
+    du2 += 2 * GELU_C  # 2 du/dx = 2 c (1 + 3 a x^2)
+    xp.subtract(1, h, out=dx)
+    dx *= h
+    dx *= du2
+    dx *= x  # x dh/dx = 2 x h (1 - h) du/dx
+    dx += h  # dy/dx
     dx *= g
 
 
