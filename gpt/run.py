@@ -166,7 +166,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         else:
             default = PRESETS["baby"].get(f.name, f.default)
             parser.add_argument(flag, type=tp, default=None, metavar=tp.__name__.upper(),
-                                help=f"{help_text} (baby: {default})")
+                                help=help_text if default is None else f"{help_text} (baby: {default})")
     parser.set_defaults(preset=None)
     return parser
 
