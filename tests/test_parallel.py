@@ -181,3 +181,13 @@ def test_training_with_two_threads_matches_one(tmp_path):
         losses[threads] = [json.loads(row)["val_loss"] for row in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses[1]) == 3
     np.testing.assert_allclose(losses[2], losses[1], rtol=1e-5)
+
+
+def test_evaluation_in_groups_of_batches_gives_the_mean_of_every_batch():
+    model = tiny_gpt()
+    batches = [batch(3, seed=i) for i in range(5)]  # with 2 threads: groups of 4 and 1 batches
+    with no_grad():
+        expected = np.mean([loss_of(model, x, y).item() for x, y in batches])
+    got = train.estimate_loss(DataParallel(model, 2), batches, "cpu")
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert model.training  # back in training mode afterwards
