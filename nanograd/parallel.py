@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from typing import Any
 
@@ -48,6 +48,21 @@ def default_workers() -> int:
 
     counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
     return max(counts, default=os.cpu_count() or 1)
+
+
+def _wait_for_all(futures: list[Future]) -> None:
+    """Wait until every worker is done, even if one fails or Ctrl-C arrives meanwhile (then
+    raised afterwards): no worker may still be writing gradients, or calling BLAS after its
+    one-thread limit is lifted, once the step is over."""
+    interrupted = False
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 class DataParallel:
@@ -90,7 +105,7 @@ class DataParallel:
         with _one_blas_thread():
             futures = [self.pool.submit(self._worker, replica, loss_fn, part, seed, len(part[0]) / n, backward)
                        for replica, part, seed in zip(self.replicas, slices, seeds)]
-            wait(futures)  # all of them, even if one fails: none may still be writing gradients after this
+            _wait_for_all(futures)
         losses = [f.result() for f in futures]  # in order; re-raises a worker's exception
         if backward:
             self._gather_gradients(workers)

@@ -191,3 +191,26 @@ def test_evaluation_in_groups_of_batches_gives_the_mean_of_every_batch():
     got = train.estimate_loss(DataParallel(model, 2), batches, "cpu")
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert model.training  # back in training mode afterwards
+
+
+def test_ctrl_c_while_waiting_lets_the_workers_finish_then_raises(monkeypatch):
+    import nanograd.parallel as parallel_module
+
+    real_wait, calls, finished = parallel_module.wait, [], []
+
+    def interrupted_once(futures):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived while the workers were running
+        return real_wait(futures)
+
+    def slow_loss(model, x, y):
+        time.sleep(0.1)
+        loss = loss_of(model, x, y)
+        finished.append(True)
+        return loss
+
+    monkeypatch.setattr(parallel_module, "wait", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        DataParallel(tiny_gpt(), 2).loss(slow_loss, *batch(4), backward=True)
+    assert finished == [True, True] and len(calls) == 2
