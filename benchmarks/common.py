@@ -6,7 +6,6 @@ as `python benchmarks/<script>.py`.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -16,6 +15,7 @@ from types import ModuleType
 import numpy as np
 
 from nanograd import backend
+from nanograd.parallel import default_workers
 
 TORCH_MISSING = "PyTorch is not installed: nanograd only (pip install -e '.[bench]' for the comparison)"
 
@@ -31,12 +31,7 @@ def torch_or_none() -> ModuleType | None:
 
 def blas_threads() -> int:
     """How many threads NumPy's BLAS uses: PyTorch is given the same number, for a fair race."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:  # OpenBLAS's default: one thread per core
-        return os.cpu_count() or 1
-    counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
-    return max(counts, default=1)
+    return default_workers()
 
 
 def setup_torch(device: str) -> ModuleType | None:

@@ -150,9 +150,10 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     if model is None:
         model = build_model(config, tokenizer.vocab_size).to(device)
     n_params = model.num_parameters()
+    threads = config.worker_threads()
     if device == "cpu":  # saved with the run: resumed, it splits batches (and draws dropout) as before
-        config = dataclasses.replace(config, threads=config.worker_threads())
-    parallel = DataParallel(model, config.worker_threads())
+        config = dataclasses.replace(config, threads=threads)
+    parallel = DataParallel(model, threads)
     log(f"{config.model}: {n_params:,} parameters, vocabulary {tokenizer.vocab_size}, "
         f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
     if parallel.workers > 1:

@@ -84,11 +84,10 @@ class _FlatGroup:
         self.params = params
         xp = backend.array_module(params[0].data)
         self.sizes = [p.size for p in params]
+        self.starts = [0, *itertools.accumulate(self.sizes)]  # p_i lies at data[starts[i]:starts[i + 1]]
         self.data = xp.concatenate([p.data.reshape(-1) for p in params])
-        offset = 0
-        for p, n in zip(params, self.sizes):
-            p.data = self.data[offset : offset + n].reshape(p.shape)
-            offset += n
+        for p, start, end in zip(params, self.starts, self.starts[1:]):
+            p.data = self.data[start:end].reshape(p.shape)
         self.m = xp.zeros_like(self.data)  # first moment (mean of g)
         self.v = xp.zeros_like(self.data)  # second moment (mean of g^2)
         self.scratch = xp.empty_like(self.data)
@@ -102,8 +101,8 @@ class _FlatGroup:
 
     def slices_without_grad(self) -> list[slice]:
         """Where in the flat buffer the parameters that got no gradient this step lie."""
-        starts = [0, *itertools.accumulate(self.sizes)]
-        return [slice(starts[i], starts[i + 1]) for i, p in enumerate(self.params) if p.grad is None]
+        return [slice(start, end) for p, start, end in zip(self.params, self.starts, self.starts[1:])
+                if p.grad is None]
 
 
 class AdamW(Optimizer):

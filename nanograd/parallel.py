@@ -76,11 +76,12 @@ class DataParallel:
         if workers < 1:
             raise ValueError(f"DataParallel: workers must be at least 1, got {workers}")
         self.model, self.workers = model, workers
+        self.params = model.parameters()  # fixed objects: an optimizer swaps their .data, not them
         self.replicas: list[Module] = []  # none for one worker: it uses the model itself
         self.replica_params: list[list[Parameter]] = []  # per replica, in model.parameters() order
         self.pool = None
         if workers > 1:
-            shared = {id(p.data): p.data for p in model.parameters()}  # deepcopy keeps these, not copies
+            shared = {id(p.data): p.data for p in self.params}  # deepcopy keeps these, not copies
             self.replicas = [copy.deepcopy(model, memo=dict(shared)) for _ in range(workers)]
             self.replica_params = [r.parameters() for r in self.replicas]
             self.pool = ThreadPoolExecutor(workers, thread_name_prefix="nanograd-worker")
@@ -95,7 +96,7 @@ class DataParallel:
             if backward:
                 loss.backward()
             return loss.item()
-        if self.model.parameters()[0].device != "cpu":
+        if self.params[0].device != "cpu":
             raise ValueError("DataParallel with several workers runs on the CPU only")
         bounds = np.linspace(0, n, workers + 1).astype(int)  # (workers + 1,) slice edges, sizes within 1
         slices = [tuple(b[lo:hi] for b in batch) for lo, hi in zip(bounds[:-1], bounds[1:])]
@@ -126,16 +127,15 @@ class DataParallel:
         """Point the first `workers` replicas at the model's current arrays, mode and frozen
         parameters (an optimizer may have swapped in views of its own buffer, the model may be
         in eval mode now, or some parameters no longer require a gradient)."""
-        params = self.model.parameters()
         for replica, replica_params in zip(self.replicas[:workers], self.replica_params):
-            for mine, theirs in zip(replica_params, params):
+            for mine, theirs in zip(replica_params, self.params):
                 mine.data, mine.grad, mine.requires_grad = theirs.data, None, theirs.requires_grad
             replica.train(self.model.training)
 
     def _gather_gradients(self, workers: int) -> None:
         """model .grad += the sum of the first `workers` replicas' .grad, added in worker order;
         the replicas let go of theirs (no copies of the gradients stay alive between steps)."""
-        for i, p in enumerate(self.model.parameters()):
+        for i, p in enumerate(self.params):
             grads = [params[i].grad for params in self.replica_params[:workers] if params[i].grad is not None]
             for params in self.replica_params[:workers]:
                 params[i].grad = None
