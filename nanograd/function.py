@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import backend
+
 if TYPE_CHECKING:
     from .tensor import Tensor
 
@@ -95,4 +97,6 @@ def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
         return grad
     lead = grad.ndim - len(shape)
     stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    if not stretched:  # only added leading axes: a bias (C,) added to (B, T, C)
+        return backend.sum_leading_axes(grad, lead)
     return grad.sum(axis=tuple(range(lead)) + stretched, keepdims=True).reshape(shape)

@@ -124,3 +124,20 @@ def test_ops_agree_across_backends(cuda, op):
     out_cpu.sum().backward()
     out_dev.sum().backward()
     np.testing.assert_allclose(backend.to_numpy(x_dev.grad), x_cpu.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, n", [((4, 3, 5), 2), ((4, 3, 5), 1), ((6,), 1), ((0, 3), 1), ((2, 0), 1)])
+def test_sum_leading_axes_matches_a_plain_sum(device, shape, n):
+    """The bias-gradient sum (a matrix-vector product on the GPU) against NumPy's sum."""
+    data = np.random.default_rng(3).standard_normal(shape)
+    total = backend.sum_leading_axes(backend.to_device(data, device), n)
+    assert total.shape == shape[n:]
+    np.testing.assert_allclose(backend.to_numpy(total), data.sum(axis=tuple(range(n))), rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_takes_a_numpy_generator_on_any_device(device):
+    """A seeded NumPy generator gives the same mask whatever the tensor's device."""
+    x = Tensor(np.ones((3, 8)), requires_grad=True).to(device)
+    y = F.dropout(x, 0.5, True, rng=np.random.default_rng(4))
+    expected = (np.random.default_rng(4).random((3, 8)) >= 0.5) * 2.0
+    np.testing.assert_array_equal(backend.to_numpy(y.data), expected)

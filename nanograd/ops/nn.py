@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 
-from ..backend import array_module, device_of, scatter_add_rows
+from ..backend import array_module, device_of, scatter_add_rows, sum_leading_axes
 from ..function import Function
 
 
@@ -179,10 +179,9 @@ def _layer_norm_forward(x, xhat, rstd, y, weight, bias, eps):
 def _layer_norm_backward(g, xhat, rstd, dx, scratch, weight):
     """LayerNorm backward: dx in place; returns (dw, db), each (C,)."""
     xp = array_module(g)
-    C = g.shape[-1]
     xp.multiply(g, xhat, out=scratch)
-    dweight = scratch.reshape(-1, C).sum(axis=0)  # (C,)
-    dbias = g.reshape(-1, C).sum(axis=0)  # (C,)
+    dweight = sum_leading_axes(scratch, g.ndim - 1)  # (C,)
+    dbias = sum_leading_axes(g, g.ndim - 1)  # (C,)
     dxhat = xp.multiply(g, weight, out=dx)  # dx's buffer holds dxhat first
     xp.multiply(dxhat, xhat, out=scratch)
     mean_dxhat_xhat = _row_mean(scratch)  # the path through the variance
@@ -249,6 +248,13 @@ def _gelu_backward(x, h, g, dx, scratch):
     dx *= g
 
 
+def _uniform(rng, like):
+    """Uniform [0, 1) numbers shaped like the array `like`, on its device. rng may be a NumPy
+    generator even for a GPU array (the numbers are then copied over), so a caller's seeded
+    NumPy generator gives the same mask on either device."""
+    return array_module(like).asarray(rng.random(like.shape, dtype=like.dtype))
+
+
 class Dropout(Function):
     """Inverted dropout: y = x * mask / (1 - p), mask ~ Bernoulli(1 - p), drawn from `rng`.
 
@@ -257,7 +263,7 @@ class Dropout(Function):
     """
 
     def forward(self, x, p, rng):
-        keep = rng.random(x.shape, dtype=x.dtype) >= p
+        keep = _uniform(rng, x) >= p
         self.scale = keep * x.dtype.type(1.0 / (1.0 - p))  # (same shape as x)
         return x * self.scale
 
@@ -310,7 +316,7 @@ class ScaledDotProductAttention(Function):
         self.att = xp.empty((B, nh, Tq, Tk), dtype=q.dtype)
         self.keep = None  # dropout's mask, scaled by 1 / (1 - p)
         if dropout > 0:
-            self.keep = (rng.random(self.att.shape, dtype=q.dtype) >= dropout) * q.dtype.type(1 / (1 - dropout))
+            self.keep = (_uniform(rng, self.att) >= dropout) * q.dtype.type(1 / (1 - dropout))
         mask = _causal_mask(xp, Tq, Tk, q.dtype) if causal else None
         _attention_forward(q, k, v, self.att, y, self.keep, self.scale, mask)
 
