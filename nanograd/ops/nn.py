@@ -317,7 +317,8 @@ class ScaledDotProductAttention(Function):
         self.keep = None  # dropout's mask, scaled by 1 / (1 - p)
         if dropout > 0:
             self.keep = (_uniform(rng, self.att) >= dropout) * q.dtype.type(1 / (1 - dropout))
-        mask = _causal_mask(xp, Tq, Tk, q.dtype) if causal else None
+        # one query (a token generated with a KV cache) is the newest position: it sees every key
+        mask = _causal_mask(xp, Tq, Tk, q.dtype) if causal and Tq > 1 else None
         _attention_forward(q, k, v, self.att, y, self.keep, self.scale, mask)
 
     def _attend_backward(self, dy, dq, dk, dv):
