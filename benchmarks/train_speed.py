@@ -51,7 +51,7 @@ from nanograd import optim  # noqa: E402
 from nanograd.parallel import DataParallel  # noqa: E402
 
 VOCAB = 65  # tiny shakespeare's characters; the batches are random ids, speed does not care
-SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "threads")
+SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "workers")
 # --sweep: every block size x width, 4 layers, one head per 32 channels, and the batch cut so
 # that each step sees SWEEP_TOKENS tokens (the baby model's 12 x 64): steps stay small on 2 cores
 SWEEP_BLOCKS, SWEEP_WIDTHS, SWEEP_TOKENS = (64, 128, 256, 512), (128, 256, 384), 768
@@ -85,19 +85,20 @@ def random_batch(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, VOCAB, shape), rng.integers(0, VOCAB, shape)
 
 
-def nanograd_trainer(config: TrainConfig) -> tuple[Any, Step]:
-    """(model, one training step) for nanograd on config.device: gpt.train's own train_step."""
+def nanograd_trainer(config: TrainConfig) -> tuple[Any, DataParallel, Step]:
+    """(model, its DataParallel, one training step) for nanograd on config.device: gpt.train's
+    own train_step."""
     nanograd.manual_seed(0)
     model = build_model(config, VOCAB).to(config.device)
     # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
     opt = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
-    parallel = DataParallel(model, config.worker_threads())
+    parallel = DataParallel(model, config.data_parallel_workers())
     x, y = random_batch(config)
 
     def step() -> None:
         train_step(parallel, opt, x, y, config, config.device)
 
-    return model, step
+    return model, parallel, step
 
 
 def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = None) -> Step:
@@ -130,7 +131,7 @@ def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = 
 
 def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: ModuleType | None) -> list[dict]:
     """One result row per implementation for this configuration (the JSON objects of --json)."""
-    model, ours = nanograd_trainer(config)
+    model, _, ours = nanograd_trainer(config)
     steps = {"nanograd": ours}
     if torch is not None:
         steps["torch"] = torch_trainer(torch, config, model)
@@ -144,7 +145,7 @@ def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: M
              "tokens_per_s": round(tokens / s, 1), "mfu": round(flops / s / peak, 4),
              "batch_size": config.batch_size, "block_size": config.block_size, "n_embd": config.n_embd,
              "n_layer": config.n_layer, "n_head": config.n_head, "device": config.device,
-             "threads": blas_threads(), "nanograd_threads": config.worker_threads(), "steps": args.steps,
+             "threads": blas_threads(), "nanograd_workers": config.data_parallel_workers(), "steps": args.steps,
              "rounds": args.rounds}
             for impl, s in seconds.items()]
     if torch is not None:
@@ -172,14 +173,29 @@ def print_row(rows: list[dict]) -> None:
 
 
 def memory_child(config: TrainConfig, impl: str, steps: int) -> None:
-    """In a fresh process: print the peak RSS (KiB on Linux) after the imports, then after `steps`
-    training steps. Only this implementation's libraries are imported, so nothing else counts."""
+    """In a fresh process: print the peak RSS (KiB on Linux) after the imports, after `steps`
+    training steps, and of nanograd's worker processes together (0 if none). Only this
+    implementation's libraries are imported, so nothing else counts."""
     torch = setup_torch(config.device) if impl == "torch" else None
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step = torch_trainer(torch, config) if torch is not None else nanograd_trainer(config)[1]
+    if torch is not None:
+        step, workers = torch_trainer(torch, config), []
+    else:
+        _, parallel, step = nanograd_trainer(config)
+        workers = parallel.worker_pids
     for _ in range(steps):
         step()
-    print(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sum(map(peak_rss_kib, workers)))
+
+
+def peak_rss_kib(pid: int) -> int:
+    """A process's own peak RSS (VmHWM, Linux; 0 elsewhere). Not ru_maxrss: a spawned process
+    inherits its parent's high-water mark in that, through exec."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
@@ -194,12 +210,14 @@ def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
     for impl in impls:
         out = subprocess.run([sys.executable, __file__, *flags, "--memory-child", impl],
                              capture_output=True, text=True, check=True).stdout
-        baseline, peak = (int(v) / scale for v in out.split())
+        baseline, peak, workers = (int(v) / scale for v in out.split())
         row = {"preset": args.preset, "impl": impl, "steps": args.steps, "device": args.device,
-               "peak_rss_mib": round(peak, 1), "after_imports_rss_mib": round(baseline, 1)}
+               "peak_rss_mib": round(peak + workers, 1), "after_imports_rss_mib": round(baseline, 1),
+               "worker_processes_rss_mib": round(workers, 1)}
         print(json.dumps(row) if args.json else
-              f"{impl:>9}: peak RSS {peak:7.1f} MiB ({baseline:.1f} MiB after imports, "
-              f"{peak - baseline:+.1f} MiB for the model and {args.steps} steps)")
+              f"{impl:>9}: peak RSS {peak + workers:7.1f} MiB ({baseline:.1f} MiB after imports, "
+              f"{peak - baseline:+.1f} MiB for the model and {args.steps} steps"
+              + (f", {workers:.1f} MiB in worker processes)" if workers else ")"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,8 +55,8 @@ class TrainConfig:
     eval_iters: int = field(default=200, metadata={"help": "batches per loss estimate"})
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, batches and dropout"})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'"})
-    threads: int | None = field(default=None, metadata={
-        "help": "CPU worker threads, each training on a slice of the batch (default: one per BLAS thread)"})
+    workers: int | None = field(default=None, metadata={
+        "help": "CPU processes, each training on a slice of the batch (default: one per core)"})
     out_dir: str = field(default="out", metadata={"help": "directory for checkpoints and logs"})
     resume: bool = field(default=False, metadata={"help": "continue the run saved in out_dir"})
     sample_tokens: int = field(default=300, metadata={"help": "characters sampled at the end (0: none)"})
@@ -67,8 +67,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be positive, got {self.threads}")
+        if self.workers is not None and self.workers < 1:
+            raise UserError(f"--workers must be positive, got {self.workers}")
         for name in ("max_iters", "warmup_iters", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
@@ -88,30 +88,31 @@ class TrainConfig:
         if self.model == "gpt" and self.n_embd % self.n_head:
             raise UserError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
 
-    def worker_threads(self) -> int:
-        """How many threads share each batch (nanograd.parallel): --threads if given, else one
-        per BLAS thread, as long as
+    def data_parallel_workers(self) -> int:
+        """How many processes share each batch (nanograd.parallel): --workers if given, else
+        one per core (per BLAS thread), as long as
 
-        - each thread's slice keeps at least MIN_ACTIVATIONS_PER_THREAD activations (B T C /
-          threads). On smaller steps the threads mostly take turns holding the GIL, and one
-          thread is faster: on the 2-core machine here, 2 threads lost at 12 x 32 x 64 (12K per
-          thread), broke even near 25K and won 1.5x at 37K and above (train_speed.py --threads);
+        - each process's slice keeps at least MIN_ACTIVATIONS_PER_WORKER activations (B T C /
+          workers). On smaller steps the fixed cost of a call (sending the slices, copying the
+          weights in and the gradients out) eats what the second core adds: on the 2-core
+          machine here, 2 processes lost 3-5% at 8K activations each, broke even near 12K and
+          won 15-24% at 16K-25K (train_speed.py --workers 1 and 2, baby model);
         - the batch splits evenly enough: the step waits for the largest slice, so 3 sequences
-          on 2 threads (2 + 1) run no faster than on one thread with a two-thread BLAS.
+          on 2 processes (2 + 1) run no faster than on one with a two-thread BLAS.
 
-        The bigram model and GPUs get one thread."""
+        The bigram model and GPUs get one."""
         if self.device != "cpu":
             return 1
-        if self.threads:
-            return min(self.threads, self.batch_size)  # a thread without a slice would only wait
+        if self.workers:
+            return min(self.workers, self.batch_size)  # a worker without a slice would only wait
         if self.model != "gpt":
             return 1
         B, activations = self.batch_size, self.batch_size * self.block_size * self.n_embd
-        threads = min(default_workers(), B)
-        while threads > 1 and (activations / threads < MIN_ACTIVATIONS_PER_THREAD
-                               or math.ceil(B / threads) > MAX_SLICE_IMBALANCE * B / threads):
-            threads -= 1
-        return threads
+        workers = min(default_workers(), B)
+        while workers > 1 and (activations / workers < MIN_ACTIVATIONS_PER_WORKER
+                               or math.ceil(B / workers) > MAX_SLICE_IMBALANCE * B / workers):
+            workers -= 1
+        return workers
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
@@ -119,7 +120,7 @@ class TrainConfig:
                          tie_weights=self.tie_weights)
 
 
-MIN_ACTIVATIONS_PER_THREAD = 32 * 1024  # see TrainConfig.worker_threads
+MIN_ACTIVATIONS_PER_WORKER = 16 * 1024  # see TrainConfig.data_parallel_workers
 MAX_SLICE_IMBALANCE = 1.2  # the largest slice may hold at most 20% more than an even share
 
 # Fields that fix the shape of the model: a checkpoint only loads into the same values.

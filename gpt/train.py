@@ -69,9 +69,9 @@ def model_loss(model: Any, x: Any, y: Any) -> Any:
 def estimate_loss(parallel: DataParallel, batches: list[tuple[np.ndarray, np.ndarray]], device: str) -> float:
     """Mean loss over fixed batches of equal size, in eval mode (no dropout) and with no graph.
 
-    With several threads, each gets two batches per call: a forward pass alone is light, and
-    with one batch split in two the threads spent much of it waiting for each other (baby
-    model: 10.3 ms per batch this way, 13.7 ms one batch at a time). The mean of equal-size
+    With several workers, each gets two batches per call: a forward pass alone is light, and
+    the fixed cost of a call is then paid once for two batches (baby model, worker threads:
+    10.3 ms per batch this way, 13.7 ms one batch at a time). The mean of equal-size
     batches' means is the mean over all their sequences, so grouping changes nothing else.
     """
     parallel.model.eval()
@@ -87,7 +87,7 @@ def estimate_loss(parallel: DataParallel, batches: list[tuple[np.ndarray, np.nda
 
 def train_step(parallel: DataParallel, optimizer: optim.AdamW, x: np.ndarray, y: np.ndarray,
                config: TrainConfig, device: str) -> tuple[float, float]:
-    """One update: forward, backward (each worker thread on a slice of the batch), clip, AdamW.
+    """One update: forward, backward (each worker process on a slice of the batch), clip, AdamW.
 
     Returns (loss, gradient norm before clipping). A non-finite loss returns before the
     update, so the model stays as it was.
@@ -150,14 +150,14 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     if model is None:
         model = build_model(config, tokenizer.vocab_size).to(device)
     n_params = model.num_parameters()
-    threads = config.worker_threads()
+    workers = config.data_parallel_workers()
     if device == "cpu":  # saved with the run: resumed, it splits batches (and draws dropout) as before
-        config = dataclasses.replace(config, threads=threads)
-    parallel = DataParallel(model, threads)
+        config = dataclasses.replace(config, workers=workers)
+    parallel = DataParallel(model, workers)
     log(f"{config.model}: {n_params:,} parameters, vocabulary {tokenizer.vocab_size}, "
         f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
     if parallel.workers > 1:
-        log(f"{parallel.workers} threads, each on a slice of every batch (--threads to change)")
+        log(f"{parallel.workers} processes, each on a slice of every batch (--workers to change)")
     optimizer = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                             betas=(config.beta1, config.beta2))
     batch_rng = np.random.default_rng(config.seed)

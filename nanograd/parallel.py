@@ -1,30 +1,42 @@
-"""Data parallelism on the CPU: the batch is split over worker threads, a slice each.
+"""Data parallelism on the CPU: the batch is split over processes, a slice each.
 
 Why it pays: BLAS already spreads a matrix product over every core, but NumPy runs all the
 element-wise work (GELU, LayerNorm, softmax, the residual adds...) on one core. With the batch
-split, every core works on every op. NumPy releases the GIL inside its array loops and matrix
-products, so the threads really do run at once; BLAS is held to one thread per worker meanwhile
-(the workers are the parallelism, and idle BLAS threads spin on the cores the workers need).
+split, every core works on every op, and BLAS is held to one thread per process (the
+processes are the parallelism, and idle BLAS threads spin on the cores they need).
 
-Each worker runs forward and backward through its own replica of the model: its own Parameter
-objects, and so its own .grad, over the same weight arrays. The loss is a mean over the batch,
-so the whole batch's gradient is the mean of the slices' gradients weighted by their sizes:
-worker i starts its backward from n_i / N instead of 1, and the replicas' gradients are summed
-in worker order, so a run gives the same numbers every time.
+Why processes and not threads: NumPy releases the GIL inside its loops, so threads do run at
+once, but each of the ~600 NumPy calls of a step must take the lock back afterwards, often
+while the other thread's Python holds it. On the 2-core machine here a half-batch baby step
+took 26 ms alone, 33-36 ms beside a second thread, and 27-28 ms beside a second process
+(benchmarks/RESULTS.md).
+
+How: the calling process trains on the first slice itself, on the model. Each other slice
+goes to a worker process that holds a copy of the model, sent once when it starts. Weights
+and gradients cross in shared memory: before each call the model's current weights are
+copied into a block that the workers' parameters view, and each worker writes its gradient
+into a block of its own, which the caller adds to the model's .grad in worker order (a seeded
+run repeats exactly). The loss is a mean over the batch, so the gradient of the whole batch
+is the slices' gradients weighted by their sizes: slice i starts its backward from n_i / N.
 """
 
 from __future__ import annotations
 
-import copy
+import multiprocessing
 import os
+import pickle
+import signal
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
+from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
 
 from . import backend
+from .function import is_grad_enabled, no_grad
 from .nn.module import Module, Parameter
 from .tensor import Tensor
 
@@ -51,9 +63,9 @@ def default_workers() -> int:
 
 
 def _wait_for_all(futures: list[Future]) -> None:
-    """Wait until every worker is done, even if one fails or Ctrl-C arrives meanwhile (then
-    raised afterwards): no worker may still be writing gradients, or calling BLAS after its
-    one-thread limit is lifted, once the step is over."""
+    """Wait until every worker has answered, even if Ctrl-C arrives meanwhile (then raised
+    afterwards): no worker may still be writing gradients once the call is over, and every
+    answer must be read before the next call's."""
     interrupted = False
     while True:
         try:
@@ -65,11 +77,127 @@ def _wait_for_all(futures: list[Future]) -> None:
         raise KeyboardInterrupt
 
 
-class DataParallel:
-    """Run `loss_fn(model, *batch)` on slices of the batch (split along axis 0) in worker threads.
+def _train_on_slice(model: Module, loss_fn: Callable[..., Tensor], part: tuple, seed: int | None,
+                    weight: float, backward: bool) -> float:
+    """One slice: its loss times weight (its share of the batch), and that loss's gradient
+    added to the model's .grad. Dropout draws from its own stream, seeded by the caller."""
+    rng = nullcontext() if seed is None else backend.thread_generator(np.random.default_rng(seed))
+    with rng:
+        loss = loss_fn(model, *part)
+        if backward:
+            loss.backward(np.full(loss.shape, weight))  # d(weight * loss) = weight * d(loss)
+    return loss.item() * weight
 
-    workers=1 runs it in the calling thread on the model itself, exactly as a plain call would.
-    Only for models on the CPU: a GPU already runs each op on all its cores.
+
+class _SharedArrays:
+    """One block of shared memory holding an array shaped like each parameter (64-byte aligned),
+    made by the caller, or opened by name in a worker."""
+
+    def __init__(self, params: list[Parameter], name: str | None = None):
+        offsets, size = [], 0
+        for p in params:
+            offsets.append(size)
+            size += -(-p.data.nbytes // 64) * 64
+        self.block = SharedMemory(name=name, create=name is None, size=max(size, 64) if name is None else 0)
+        self.arrays = [np.ndarray(p.shape, p.dtype, buffer=self.block.buf, offset=offset)
+                       for p, offset in zip(params, offsets)]
+
+    def release(self) -> None:
+        """Close the block and remove it from the system (the caller's, once the workers are gone)."""
+        self.arrays = []  # the views must go before the mapping can be closed
+        self.block.close()
+        self.block.unlink()
+
+
+def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> None:
+    """A worker process: train on each slice it is sent, until the caller closes the pipe.
+
+    Its parameters view the shared weights, which the caller refreshes before every call; the
+    gradient of each slice goes into this worker's shared block. Ctrl-C is the caller's to
+    handle: it waits for this slice to finish, then stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    backend.keep_freed_memory()
+    params = model.parameters()
+    weights, gradients = _SharedArrays(params, weights_name), _SharedArrays(params, gradients_name)
+    for p, shared in zip(params, weights.arrays):
+        p.data = shared
+    with _one_blas_thread():
+        while True:
+            try:
+                loss_fn, part, seed, weight, backward, training, requires_grad, grad_enabled = conn.recv()
+            except EOFError:  # the caller is gone or closed the pool
+                return
+            model.train(training)
+            for p, needs in zip(params, requires_grad):
+                p.grad, p.requires_grad = None, needs
+            try:
+                with nullcontext() if grad_enabled else no_grad():  # as the caller is (evaluation)
+                    loss = _train_on_slice(model, loss_fn, part, seed, weight, backward)
+            except Exception as exc:
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+                continue
+            has_grad = [p.grad is not None for p in params]
+            for p, shared in zip(params, gradients.arrays):
+                if p.grad is not None:
+                    shared[...] = p.grad
+            conn.send(("ok", loss, has_grad))
+
+
+class _Workers:
+    """The worker processes, their pipes and shared blocks, and the threads that talk to them
+    (a thread waits for each answer, so a Ctrl-C in the caller never cuts a message in half)."""
+
+    def __init__(self, model: Module, params: list[Parameter], count: int):
+        context = multiprocessing.get_context("spawn")  # fork is unsafe with BLAS threads running
+        self.weights = _SharedArrays(params)
+        self.gradients = [_SharedArrays(params) for _ in range(count)]
+        self.conns, self.processes = [], []
+        for gradients in self.gradients:
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_serve, args=(theirs, model, self.weights.block.name,
+                                                           gradients.block.name), daemon=True)
+            process.start()
+            theirs.close()
+            self.conns.append(mine)
+            self.processes.append(process)
+        self.messengers = ThreadPoolExecutor(count, thread_name_prefix="nanograd-worker")
+
+    @staticmethod
+    def ask(conn: Any, process: Any, task: tuple) -> tuple:
+        """Send one slice to one worker and wait for its answer (runs in a messenger thread)."""
+        try:
+            conn.send(task)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:  # nothing was sent
+            return ("error", f"could not send the slice to the worker ({exc}): "
+                             "loss_fn must be a module-level function")
+        except OSError:  # the pipe is broken: the worker is gone
+            return ("error", f"the worker process stopped (exit code {process.exitcode})")
+        try:
+            return conn.recv()
+        except EOFError:
+            return ("error", f"the worker process stopped (exit code {process.exitcode})")
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()  # the workers read end-of-file and return
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+        self.messengers.shutdown()
+        for shared in [self.weights, *self.gradients]:
+            shared.release()
+
+
+class DataParallel:
+    """Run `loss_fn(model, *batch)` on slices of the batch (split along axis 0) in `workers`
+    processes: this one and workers - 1 others, started here.
+
+    workers=1 runs it in the calling process on the model, exactly as a plain call would.
+    loss_fn is sent to the workers, so it must be a module-level function; the model is sent
+    as it is now, so its structure must not change afterwards (its weights may: they are
+    shared at every call). Only for models on the CPU: a GPU already runs each op on all its
+    cores. close() stops the workers (garbage collection and the end of the program do too).
     """
 
     def __init__(self, model: Module, workers: int):
@@ -77,14 +205,22 @@ class DataParallel:
             raise ValueError(f"DataParallel: workers must be at least 1, got {workers}")
         self.model, self.workers = model, workers
         self.params = model.parameters()  # fixed objects: an optimizer swaps their .data, not them
-        self.replicas: list[Module] = []  # none for one worker: it uses the model itself
-        self.replica_params: list[list[Parameter]] = []  # per replica, in model.parameters() order
-        self.pool = None
+        self._pool = None
         if workers > 1:
-            shared = {id(p.data): p.data for p in self.params}  # deepcopy keeps these, not copies
-            self.replicas = [copy.deepcopy(model, memo=dict(shared)) for _ in range(workers)]
-            self.replica_params = [r.parameters() for r in self.replicas]
-            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="nanograd-worker")
+            if self.params[0].device != "cpu":
+                raise ValueError("DataParallel with several workers runs on the CPU only")
+            self._pool = _Workers(model, self.params, workers - 1)
+            self._closer = weakref.finalize(self, self._pool.close)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the workers (none for one worker)."""
+        return [] if self._pool is None else [process.pid for process in self._pool.processes]
+
+    def close(self) -> None:
+        """Stop the worker processes and free their shared memory (a no-op for one worker)."""
+        if self._pool is not None:
+            self._closer()
 
     def loss(self, loss_fn: Callable[..., Tensor], *batch: Any, backward: bool = False) -> float:
         """The mean loss over the batch; with backward=True its gradient is also added to the
@@ -96,52 +232,36 @@ class DataParallel:
             if backward:
                 loss.backward()
             return loss.item()
-        if self.params[0].device != "cpu":
-            raise ValueError("DataParallel with several workers runs on the CPU only")
+        pool = self._pool
         bounds = np.linspace(0, n, workers + 1).astype(int)  # (workers + 1,) slice edges, sizes within 1
         slices = [tuple(b[lo:hi] for b in batch) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        # dropout: a stream per worker, seeded from the model's generator so a seeded run repeats
+        shares = [len(part[0]) / n for part in slices]  # each slice's weight in the mean
+        # dropout: a stream per slice, seeded from the model's generator so a seeded run repeats
         seeds = backend.generator("cpu").integers(2**63, size=workers) if self.model.training else [None] * workers
-        self._sync(workers)
-        with _one_blas_thread():
-            futures = [self.pool.submit(self._worker, replica, loss_fn, part, seed, len(part[0]) / n, backward)
-                       for replica, part, seed in zip(self.replicas, slices, seeds)]
+        for shared, p in zip(pool.weights.arrays, self.params):
+            shared[...] = p.data  # the workers see the weights as they are now
+        state = (backward, self.model.training, [p.requires_grad for p in self.params], is_grad_enabled())
+        futures = [pool.messengers.submit(pool.ask, conn, process, (loss_fn, part, seed, share, *state))
+                   for conn, process, part, seed, share
+                   in zip(pool.conns, pool.processes, slices[1:], seeds[1:], shares[1:])]
+        try:
+            with _one_blas_thread():
+                own = _train_on_slice(self.model, loss_fn, slices[0], seeds[0], shares[0], backward)
+        finally:
             _wait_for_all(futures)
-        losses = [f.result() for f in futures]  # in order; re-raises a worker's exception
+        answers = [f.result() for f in futures]  # in order; re-raises a failure to send
+        for i, answer in enumerate(answers, start=1):
+            if answer[0] == "error":
+                raise RuntimeError(f"DataParallel worker {i}: {answer[1]}")
         if backward:
-            self._gather_gradients(workers)
-        return float(sum(losses))
+            for (_, _, has_grad), gradients in zip(answers, pool.gradients):
+                self._add_gradients(gradients.arrays, has_grad)
+        return float(own + sum(answer[1] for answer in answers))
 
-    @staticmethod
-    def _worker(replica: Module, loss_fn: Callable[..., Tensor], part: tuple, seed: int | None,
-                weight: float, backward: bool) -> float:
-        """One slice: its loss times weight (its share of the batch), and that loss's gradient."""
-        rng = nullcontext() if seed is None else backend.thread_generator(np.random.default_rng(seed))
-        with rng:
-            loss = loss_fn(replica, *part)
-            if backward:
-                loss.backward(np.full(loss.shape, weight))  # d(weight * loss) = weight * d(loss)
-        return loss.item() * weight
-
-    def _sync(self, workers: int) -> None:
-        """Point the first `workers` replicas at the model's current arrays, mode and frozen
-        parameters (an optimizer may have swapped in views of its own buffer, the model may be
-        in eval mode now, or some parameters no longer require a gradient)."""
-        for replica, replica_params in zip(self.replicas[:workers], self.replica_params):
-            for mine, theirs in zip(replica_params, self.params):
-                mine.data, mine.grad, mine.requires_grad = theirs.data, None, theirs.requires_grad
-            replica.train(self.model.training)
-
-    def _gather_gradients(self, workers: int) -> None:
-        """model .grad += the sum of the first `workers` replicas' .grad, added in worker order;
-        the replicas let go of theirs (no copies of the gradients stay alive between steps)."""
-        for i, p in enumerate(self.params):
-            grads = [params[i].grad for params in self.replica_params[:workers] if params[i].grad is not None]
-            for params in self.replica_params[:workers]:
-                params[i].grad = None
-            if not grads:
-                continue
-            total = grads[0]  # a replica's own array, free to reuse
-            for g in grads[1:]:
-                total += g
-            p.grad = total if p.grad is None else p.grad + total
+    def _add_gradients(self, gradients: list[Any], has_grad: list[bool]) -> None:
+        """model .grad += one worker's gradients (those it computed)."""
+        for p, g, present in zip(self.params, gradients, has_grad):
+            if present and p.grad is None:
+                p.grad = g.copy()
+            elif present:
+                p.grad += g

@@ -167,16 +167,16 @@ def test_resume_adds_no_duplicate_metrics_row(text_file, tmp_path):
     assert [r["step"] for r in read_metrics(out)] == [0, 2, 4, 6]
 
 
-def test_a_resumed_run_keeps_its_thread_count(text_file, tmp_path, monkeypatch):
-    """The thread count decides the slices (and each slice's dropout stream): a resumed run must
+def test_a_resumed_run_keeps_its_worker_count(text_file, tmp_path, monkeypatch):
+    """The worker count decides the slices (and each slice's dropout stream): a resumed run must
     not pick a new one on a machine with more cores."""
     out = tmp_path / "run"
     assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
     _, config, *_ = load_run(out / "ckpt.npz")
-    assert config.threads == 1  # TINY is too small to share
+    assert config.workers == 1  # TINY is too small to share
     monkeypatch.setattr(run, "default_workers", lambda: 8)
     assert run_train("--out-dir", out, "--resume", "--max-iters", "4") == 0
-    assert json.loads((out / "config.json").read_text())["threads"] == 1
+    assert json.loads((out / "config.json").read_text())["workers"] == 1
 
 
 def test_resume_from_a_checkpoint_without_training_state_is_refused(text_file, tmp_path, capsys):
