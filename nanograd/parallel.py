@@ -148,7 +148,7 @@ class _Workers:
     (a thread waits for each answer, so a Ctrl-C in the caller never cuts a message in half)."""
 
     def __init__(self, model: Module, params: list[Parameter], count: int):
-        context = multiprocessing.get_context("spawn")  # fork is unsafe with BLAS threads running
+        context = multiprocessing.get_context("spawn")
         self.weights = _SharedArrays(params)
         self.gradients = [_SharedArrays(params) for _ in range(count)]
         self.conns, self.processes = [], []
@@ -196,7 +196,9 @@ class DataParallel:
     workers=1 runs it in the calling process on the model, exactly as a plain call would.
     loss_fn is sent to the workers, so it must be a module-level function; the model is sent
     as it is now, so its structure must not change afterwards (its weights may: they are
-    shared at every call). Only for models on the CPU: a GPU already runs each op on all its
+    shared at every call). The workers are spawned (fork is unsafe once BLAS has started its
+    threads), so a script that makes a DataParallel needs the usual `if __name__ ==
+    "__main__":` guard. Only for models on the CPU: a GPU already runs each op on all its
     cores. close() stops the workers (garbage collection and the end of the program do too).
     """
 
