@@ -97,8 +97,9 @@ class TrainConfig:
           weights in and the gradients out) eats what the second core adds: on the 2-core
           machine here, 2 processes lost 3-5% at 8K activations each, broke even near 12K and
           won 15-24% at 16K-25K (train_speed.py --workers 1 and 2, baby model);
-        - the batch splits evenly enough: the step waits for the largest slice, so 3 sequences
-          on 2 processes (2 + 1) run no faster than on one with a two-thread BLAS.
+        - the batch splits evenly enough: the step waits for the largest slice, and 3
+          sequences on 2 processes (2 + 1) won 10% at width 128 but lost 5% at 384 against one
+          process with a two-thread BLAS.
 
         The bigram model and GPUs get one."""
         if self.device != "cpu":
@@ -219,7 +220,9 @@ def load_run(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig, C
     arrays, meta = load_checkpoint(path)
     try:
         names = {f.name for f in dataclasses.fields(TrainConfig)}
-        config = TrainConfig(**{k: v for k, v in meta["config"].items() if k in names})
+        saved = dict(meta["config"])
+        saved.setdefault("workers", saved.get("threads"))  # runs saved before threads became processes
+        config = TrainConfig(**{k: v for k, v in saved.items() if k in names})
         tokenizer = CharTokenizer.from_json(meta["tokenizer"])
     except (KeyError, TypeError) as exc:
         raise UserError(f"checkpoint {path} has no usable config or tokenizer ({exc})") from None

@@ -22,12 +22,14 @@ is the slices' gradients weighted by their sizes: slice i starts its backward fr
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from multiprocessing.shared_memory import SharedMemory
@@ -62,16 +64,20 @@ def default_workers() -> int:
     return max(counts, default=os.cpu_count() or 1)
 
 
-def _wait_for_all(futures: list[Future]) -> None:
+def _wait_for_all(futures: list[Future], give_up: Callable[[], None]) -> None:
     """Wait until every worker has answered, even if Ctrl-C arrives meanwhile (then raised
     afterwards): no worker may still be writing gradients once the call is over, and every
-    answer must be read before the next call's."""
+    answer must be read before the next call's. A second Ctrl-C while waiting calls give_up
+    (which stops the workers, so a hung one cannot hold the program) and raises at once."""
     interrupted = False
     while True:
         try:
             wait(futures)
             break
         except KeyboardInterrupt:
+            if interrupted:
+                give_up()
+                raise
             interrupted = True
     if interrupted:
         raise KeyboardInterrupt
@@ -114,23 +120,24 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> 
 
     Its parameters view the shared weights, which the caller refreshes before every call; the
     gradient of each slice goes into this worker's shared block. Ctrl-C is the caller's to
-    handle: it waits for this slice to finish, then stops."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    handle (SIGINT is ignored here from the start: the caller ignores it while spawning)."""
     backend.keep_freed_memory()
     params = model.parameters()
     weights, gradients = _SharedArrays(params, weights_name), _SharedArrays(params, gradients_name)
     for p, shared in zip(params, weights.arrays):
         p.data = shared
+    conn.send(("ready",))
     with _one_blas_thread():
         while True:
             try:
-                loss_fn, part, seed, weight, backward, training, requires_grad, grad_enabled = conn.recv()
+                message = conn.recv_bytes()
             except EOFError:  # the caller is gone or closed the pool
                 return
-            model.train(training)
-            for p, needs in zip(params, requires_grad):
-                p.grad, p.requires_grad = None, needs
-            try:
+            try:  # unpickled here, so that a loss_fn this process cannot import is one error
+                loss_fn, part, seed, weight, backward, training, requires_grad, grad_enabled = pickle.loads(message)
+                model.train(training)
+                for p, needs in zip(params, requires_grad):
+                    p.grad, p.requires_grad = None, needs
                 with nullcontext() if grad_enabled else no_grad():  # as the caller is (evaluation)
                     loss = _train_on_slice(model, loss_fn, part, seed, weight, backward)
             except Exception as exc:
@@ -143,39 +150,87 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> 
             conn.send(("ok", loss, has_grad))
 
 
+# For the spawned workers: one BLAS thread from the moment BLAS loads, also where threadpoolctl
+# cannot limit it later (Apple's Accelerate reads only VECLIB_MAXIMUM_THREADS).
+_ONE_THREAD_ENVIRONMENT = {name: "1" for name in (
+    "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")}
+
+
+@contextlib.contextmanager
+def _spawning() -> Iterator[None]:
+    """While workers start: their environment asks for one BLAS thread, and SIGINT is ignored,
+    which a spawned Python keeps, so a Ctrl-C meant for the caller (stop and save) never kills
+    a worker that has not yet reached _serve."""
+    saved_environment = {name: os.environ.get(name) for name in _ONE_THREAD_ENVIRONMENT}
+    os.environ.update(_ONE_THREAD_ENVIRONMENT)
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        yield
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, saved_handler)
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class _Workers:
     """The worker processes, their pipes and shared blocks, and the threads that talk to them
     (a thread waits for each answer, so a Ctrl-C in the caller never cuts a message in half)."""
 
     def __init__(self, model: Module, params: list[Parameter], count: int):
-        context = multiprocessing.get_context("spawn")
-        self.weights = _SharedArrays(params)
-        self.gradients = [_SharedArrays(params) for _ in range(count)]
-        self.conns, self.processes = [], []
-        for gradients in self.gradients:
-            mine, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, model, self.weights.block.name,
-                                                           gradients.block.name), daemon=True)
-            process.start()
-            theirs.close()
-            self.conns.append(mine)
-            self.processes.append(process)
+        self.conns, self.processes, self.gradients, self.weights = [], [], [], None
         self.messengers = ThreadPoolExecutor(count, thread_name_prefix="nanograd-worker")
+        try:  # a failure part way (the model cannot be pickled, a worker cannot start) cleans up
+            self.weights = _SharedArrays(params)
+            self.gradients = [_SharedArrays(params) for _ in range(count)]
+            context = multiprocessing.get_context("spawn")
+            with _spawning():
+                for gradients in self.gradients:
+                    mine, theirs = context.Pipe()
+                    self.conns.append(mine)
+                    process = context.Process(target=_serve, daemon=True, args=(
+                        theirs, model, self.weights.block.name, gradients.block.name))
+                    process.start()
+                    self.processes.append(process)
+                    theirs.close()
+            for conn, process in zip(self.conns, self.processes):
+                answer = self.receive(conn, process)
+                if answer[0] == "error":
+                    raise RuntimeError(f"DataParallel: a worker could not start: {answer[1]}")
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
-    def ask(conn: Any, process: Any, task: tuple) -> tuple:
+    def receive(conn: Any, process: Any) -> tuple:
+        """The worker's next answer, or an error answer if it is gone."""
+        try:
+            return conn.recv()
+        except (EOFError, OSError):  # closed, or reset when it died with our message unread
+            process.join(timeout=1)
+            return ("error", f"the worker process stopped (exit code {process.exitcode})")
+
+    @classmethod
+    def ask(cls, conn: Any, process: Any, task: tuple) -> tuple:
         """Send one slice to one worker and wait for its answer (runs in a messenger thread)."""
         try:
             conn.send(task)
         except (pickle.PicklingError, AttributeError, TypeError) as exc:  # nothing was sent
-            return ("error", f"could not send the slice to the worker ({exc}): "
-                             "loss_fn must be a module-level function")
+            return ("error", f"could not send the slice to the worker ({exc}): loss_fn must be "
+                             "a function that a new Python process can import")
         except OSError:  # the pipe is broken: the worker is gone
+            process.join(timeout=1)
             return ("error", f"the worker process stopped (exit code {process.exitcode})")
-        try:
-            return conn.recv()
-        except EOFError:
-            return ("error", f"the worker process stopped (exit code {process.exitcode})")
+        return cls.receive(conn, process)
+
+    def kill(self) -> None:
+        """Stop the workers at once, mid-slice (their pipes then report them stopped)."""
+        for process in self.processes:
+            process.kill()
 
     def close(self) -> None:
         for conn in self.conns:
@@ -183,10 +238,11 @@ class _Workers:
         for process in self.processes:
             process.join(timeout=5)
             if process.is_alive():
-                process.terminate()
+                process.kill()
         self.messengers.shutdown()
         for shared in [self.weights, *self.gradients]:
-            shared.release()
+            if shared is not None:
+                shared.release()
 
 
 class DataParallel:
@@ -194,12 +250,14 @@ class DataParallel:
     processes: this one and workers - 1 others, started here.
 
     workers=1 runs it in the calling process on the model, exactly as a plain call would.
-    loss_fn is sent to the workers, so it must be a module-level function; the model is sent
-    as it is now, so its structure must not change afterwards (its weights may: they are
-    shared at every call). The workers are spawned (fork is unsafe once BLAS has started its
-    threads), so a script that makes a DataParallel needs the usual `if __name__ ==
-    "__main__":` guard. Only for models on the CPU: a GPU already runs each op on all its
-    cores. close() stops the workers (garbage collection and the end of the program do too).
+    loss_fn is sent to the workers by name, so it must be a function that a new Python process
+    can import (defined at the top level of a module, not in a notebook or a script's main
+    block). The model is sent once, as it is now: its structure must not change afterwards
+    (its weights may: they are shared at every call). The workers are spawned (fork is unsafe
+    once BLAS has started its threads), so a script that makes a DataParallel needs the usual
+    `if __name__ == "__main__":` guard. Only for models on the CPU: a GPU already runs each op
+    on all its cores. close() stops the workers (garbage collection and the end of the program
+    do too).
     """
 
     def __init__(self, model: Module, workers: int):
@@ -207,63 +265,89 @@ class DataParallel:
             raise ValueError(f"DataParallel: workers must be at least 1, got {workers}")
         self.model, self.workers = model, workers
         self.params = model.parameters()  # fixed objects: an optimizer swaps their .data, not them
-        self._pool = None
+        self._pool, self._closed = None, False
         if workers > 1:
-            if self.params[0].device != "cpu":
+            if any(p.device != "cpu" for p in self.params):
                 raise ValueError("DataParallel with several workers runs on the CPU only")
             self._pool = _Workers(model, self.params, workers - 1)
             self._closer = weakref.finalize(self, self._pool.close)
 
     @property
     def worker_pids(self) -> list[int]:
-        """The process ids of the workers (none for one worker)."""
-        return [] if self._pool is None else [process.pid for process in self._pool.processes]
+        """The process ids of the running workers (none for one worker, or once closed)."""
+        return [] if self._pool is None or self._closed else [p.pid for p in self._pool.processes]
 
     def close(self) -> None:
         """Stop the worker processes and free their shared memory (a no-op for one worker)."""
         if self._pool is not None:
             self._closer()
+        self._closed = True
 
     def loss(self, loss_fn: Callable[..., Tensor], *batch: Any, backward: bool = False) -> float:
         """The mean loss over the batch; with backward=True its gradient is also added to the
-        model's .grad (as loss.backward() would)."""
+        model's .grad (as loss.backward() would). If any slice fails, .grad is left as it was."""
         n = len(batch[0])
-        workers = min(self.workers, n)
+        workers = max(1, min(self.workers, n))
         if workers == 1:
             loss = loss_fn(self.model, *batch)
             if backward:
                 loss.backward()
             return loss.item()
-        pool = self._pool
+        if self._closed:
+            raise RuntimeError("DataParallel: the workers were stopped by close()")
         bounds = np.linspace(0, n, workers + 1).astype(int)  # (workers + 1,) slice edges, sizes within 1
         slices = [tuple(b[lo:hi] for b in batch) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        earlier = [p.grad for p in self.params]  # what .grad held before: put back on failure
+        for p in self.params:
+            p.grad = None
+        try:
+            losses, worker_grads = self._run_slices(loss_fn, slices, n, backward)
+        except BaseException:
+            for p, grad in zip(self.params, earlier):
+                p.grad = grad
+            raise
+        if backward:
+            self._sum_gradients(earlier, worker_grads)
+        return float(sum(losses))
+
+    def _sum_gradients(self, earlier: list[Any], worker_grads: list[list[Any]]) -> None:
+        """.grad = what it held before + this process's slice (now in .grad) + each worker's,
+        added in worker order so that a run repeats exactly."""
+        for i, (p, before) in enumerate(zip(self.params, earlier)):
+            total = p.grad  # this process's own array: free to add into
+            for grads in worker_grads:
+                if grads[i] is None:
+                    continue
+                if total is None:
+                    total = grads[i].copy()  # a copy: the shared block is rewritten next call
+                else:
+                    total += grads[i]
+            p.grad = total if before is None or total is None else before + total
+
+    def _run_slices(self, loss_fn: Callable[..., Tensor], slices: list[tuple], n: int,
+                    backward: bool) -> tuple[list[float], list[list[Any]]]:
+        """Slice 0 here, the others in the workers: (each slice's weighted loss, each worker's
+        gradients as views of its shared block, None where it computed none)."""
+        pool = self._pool
         shares = [len(part[0]) / n for part in slices]  # each slice's weight in the mean
         # dropout: a stream per slice, seeded from the model's generator so a seeded run repeats
-        seeds = backend.generator("cpu").integers(2**63, size=workers) if self.model.training else [None] * workers
+        seeds = backend.generator("cpu").integers(2**63, size=len(slices)) if self.model.training \
+            else [None] * len(slices)
         for shared, p in zip(pool.weights.arrays, self.params):
             shared[...] = p.data  # the workers see the weights as they are now
         state = (backward, self.model.training, [p.requires_grad for p in self.params], is_grad_enabled())
-        futures = [pool.messengers.submit(pool.ask, conn, process, (loss_fn, part, seed, share, *state))
-                   for conn, process, part, seed, share
-                   in zip(pool.conns, pool.processes, slices[1:], seeds[1:], shares[1:])]
+        futures: list[Future] = []
         try:
+            for conn, process, part, seed, share in zip(pool.conns, pool.processes, slices[1:], seeds[1:], shares[1:]):
+                futures.append(pool.messengers.submit(pool.ask, conn, process, (loss_fn, part, seed, share, *state)))
             with _one_blas_thread():
                 own = _train_on_slice(self.model, loss_fn, slices[0], seeds[0], shares[0], backward)
         finally:
-            _wait_for_all(futures)
-        answers = [f.result() for f in futures]  # in order; re-raises a failure to send
+            _wait_for_all(futures, give_up=pool.kill)
+        answers = [f.result() for f in futures]  # in order
         for i, answer in enumerate(answers, start=1):
             if answer[0] == "error":
                 raise RuntimeError(f"DataParallel worker {i}: {answer[1]}")
-        if backward:
-            for (_, _, has_grad), gradients in zip(answers, pool.gradients):
-                self._add_gradients(gradients.arrays, has_grad)
-        return float(own + sum(answer[1] for answer in answers))
-
-    def _add_gradients(self, gradients: list[Any], has_grad: list[bool]) -> None:
-        """model .grad += one worker's gradients (those it computed)."""
-        for p, g, present in zip(self.params, gradients, has_grad):
-            if present and p.grad is None:
-                p.grad = g.copy()
-            elif present:
-                p.grad += g
+        grads = [[g if present else None for g, present in zip(shared.arrays, answer[2])]
+                 for answer, shared in zip(answers, pool.gradients)]
+        return [own] + [answer[1] for answer in answers], grads

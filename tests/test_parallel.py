@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import signal
+import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -58,10 +62,39 @@ def grad_mode(model, x, y):
     return nanograd.Tensor(float(nanograd.is_grad_enabled()))
 
 
+def hanging_loss(model, x, y):
+    if x[0, 0] == FAILING_ID:
+        time.sleep(60)  # a worker stuck (sent only to the worker)
+    return loss_of(model, x, y)
+
+
 def exiting_loss(model, x, y):
     if x[0, 0] == FAILING_ID:
         os._exit(3)  # a process that dies mid-slice (sent only to the worker)
     return loss_of(model, x, y)
+
+
+def absent_in_workers(obj):
+    """obj, made to live in a module that exists in this process only: it pickles here, and a
+    worker process fails to import it."""
+    module = sys.modules.setdefault("only_in_the_test_process", types.ModuleType("only_in_the_test_process"))
+    obj.__module__ = module.__name__
+    setattr(module, obj.__qualname__, obj)
+    return obj
+
+
+@absent_in_workers
+def unimportable_loss(model, x, y):
+    return loss_of(model, x, y)
+
+
+@absent_in_workers
+class UnimportableGPT(GPT):
+    pass
+
+
+def shared_memory_blocks() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
 @pytest.fixture
@@ -159,8 +192,73 @@ def test_a_failing_slice_raises_and_the_next_call_still_works(two_workers, faili
 
 def test_a_loss_function_that_cannot_be_sent_says_why(two_workers):
     _, parallel = two_workers
-    with pytest.raises(RuntimeError, match="module-level function"):
+    with pytest.raises(RuntimeError, match="can import"):
         parallel.loss(lambda model, x, y: loss_of(model, x, y), *batch(4))
+
+
+def test_a_loss_function_a_worker_cannot_import_says_why(two_workers):
+    _, parallel = two_workers
+    x, y = batch(4)
+    with pytest.raises(RuntimeError, match="only_in_the_test_process"):
+        parallel.loss(unimportable_loss, x, y)
+    assert parallel.loss(loss_of, x, y) == pytest.approx(loss_of(parallel.model, x, y).item(), rel=1e-6)
+
+
+def test_a_failed_call_leaves_the_gradients_as_they_were(two_workers):
+    model, parallel = two_workers
+    x, y = batch(4)
+    parallel.loss(loss_of, x, y, backward=True)
+    before = [p.grad.copy() for p in model.parameters()]
+    bad = x.copy()
+    bad[2, 0] = FAILING_ID  # the worker's slice fails after this process's slice has run
+    with pytest.raises(RuntimeError, match="this slice failed"):
+        parallel.loss(failing_loss, bad, y, backward=True)
+    for p, grad in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.grad, grad)
+
+
+def test_a_model_that_cannot_be_sent_leaves_nothing_behind():
+    model = tiny_gpt()
+    model.note = lambda: None  # a lambda cannot be pickled
+    blocks = shared_memory_blocks()
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
+        DataParallel(model, 2)
+    assert shared_memory_blocks() == blocks
+
+
+def test_a_worker_that_cannot_start_is_reported_at_once(capfd):
+    nanograd.manual_seed(0)
+    model = UnimportableGPT(GPTConfig(**TINY))
+    blocks = shared_memory_blocks()
+    with pytest.raises(RuntimeError, match="could not start"):
+        DataParallel(model, 2)
+    assert shared_memory_blocks() == blocks
+    capfd.readouterr()  # the worker's own traceback
+
+
+def test_ctrl_c_does_not_reach_the_workers(two_workers):
+    """A terminal's Ctrl-C goes to every process of the program; the workers ignore it (the
+    caller decides), from the moment they start."""
+    _, parallel = two_workers
+    for pid in parallel.worker_pids:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.2)
+    x, y = batch(4)
+    assert parallel.loss(loss_of, x, y) == pytest.approx(loss_of(parallel.model, x, y).item(), rel=1e-6)
+
+
+def test_a_second_ctrl_c_stops_a_hung_worker(two_workers, monkeypatch):
+    _, parallel = two_workers
+    x, y = batch(4)
+    x[2, 0] = FAILING_ID
+    monkeypatch.setattr(parallel_module, "wait", lambda futures: (_ for _ in ()).throw(KeyboardInterrupt))
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        parallel.loss(hanging_loss, x, y)
+    assert time.perf_counter() - start < 10
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="stopped"):  # the workers were stopped
+        parallel.loss(loss_of, *batch(4))
 
 
 def test_a_worker_that_dies_is_reported(two_workers):

@@ -179,6 +179,17 @@ def test_a_resumed_run_keeps_its_worker_count(text_file, tmp_path, monkeypatch):
     assert json.loads((out / "config.json").read_text())["workers"] == 1
 
 
+def test_a_run_saved_with_a_thread_count_resumes_with_as_many_workers(text_file, tmp_path):
+    """Checkpoints from before the workers were processes call the count `threads`."""
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    meta["config"]["threads"] = 2
+    del meta["config"]["workers"]
+    save_checkpoint(out / "ckpt.npz", arrays, meta)
+    assert load_run(out / "ckpt.npz")[1].workers == 2
+
+
 def test_resume_from_a_checkpoint_without_training_state_is_refused(text_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
