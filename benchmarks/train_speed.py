@@ -48,7 +48,7 @@ import nanograd  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model, parameter_groups  # noqa: E402
 from gpt.train import train_step  # noqa: E402
 from nanograd import optim  # noqa: E402
-from nanograd.parallel import DataParallel  # noqa: E402
+from nanograd.parallel import DataParallel, SharedMemoryTooSmall  # noqa: E402
 
 VOCAB = 65  # tiny shakespeare's characters; the batches are random ids, speed does not care
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "workers")
@@ -92,7 +92,10 @@ def nanograd_trainer(config: TrainConfig) -> tuple[Any, DataParallel, Step]:
     model = build_model(config, VOCAB).to(config.device)
     # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
     opt = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
-    parallel = DataParallel(model, config.data_parallel_workers())
+    try:
+        parallel = DataParallel(model, config.data_parallel_workers())
+    except SharedMemoryTooSmall as exc:
+        raise SystemExit(f"error: {exc} (--workers 1 needs none)") from None
     x, y = random_batch(config)
 
     def step() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 import nanograd
 from nanograd import backend, no_grad, optim
-from nanograd.parallel import DataParallel
+from nanograd.parallel import DataParallel, SharedMemoryTooSmall
 
 from . import sampling
 from .data import CharDataset, load_text
@@ -151,9 +151,13 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
         model = build_model(config, tokenizer.vocab_size).to(device)
     n_params = model.num_parameters()
     workers = config.data_parallel_workers()
+    try:
+        parallel = DataParallel(model, workers)
+    except SharedMemoryTooSmall as exc:
+        log(f"{exc}: training in one process (a container can be given more: docker run --shm-size)")
+        workers, parallel = 1, DataParallel(model, 1)
     if device == "cpu":  # saved with the run: resumed, it splits batches (and draws dropout) as before
         config = dataclasses.replace(config, workers=workers)
-    parallel = DataParallel(model, workers)
     log(f"{config.model}: {n_params:,} parameters, vocabulary {tokenizer.vocab_size}, "
         f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
     if parallel.workers > 1:

@@ -95,16 +95,40 @@ def _train_on_slice(model: Module, loss_fn: Callable[..., Tensor], part: tuple, 
     return loss.item() * weight
 
 
+class SharedMemoryTooSmall(RuntimeError):
+    """The system's shared memory has no room for the weight and gradient blocks."""
+
+
+def _check_shared_memory(needed: int) -> None:
+    """Raise SharedMemoryTooSmall where /dev/shm (Linux) has less room than needed: writing
+    past its end would kill the process (SIGBUS) instead of raising. A container's /dev/shm
+    is 64 MB unless it is given more (docker run --shm-size)."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):  # not Linux: shared memory is not such a file system
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed:
+        raise SharedMemoryTooSmall(f"DataParallel needs {needed / 2**20:.1f} MiB of shared memory, "
+                                   f"and /dev/shm has {free / 2**20:.1f} MiB free")
+
+
+def _offsets(params: list[Parameter]) -> tuple[list[int], int]:
+    """Where each parameter's array starts in a shared block (64-byte aligned), and its size."""
+    offsets, size = [], 0
+    for p in params:
+        offsets.append(size)
+        size += -(-p.data.nbytes // 64) * 64
+    return offsets, max(size, 64)
+
+
 class _SharedArrays:
-    """One block of shared memory holding an array shaped like each parameter (64-byte aligned),
-    made by the caller, or opened by name in a worker."""
+    """One block of shared memory holding an array shaped like each parameter, made by the
+    caller, or opened by name in a worker."""
 
     def __init__(self, params: list[Parameter], name: str | None = None):
-        offsets, size = [], 0
-        for p in params:
-            offsets.append(size)
-            size += -(-p.data.nbytes // 64) * 64
-        self.block = SharedMemory(name=name, create=name is None, size=max(size, 64) if name is None else 0)
+        offsets, size = _offsets(params)
+        self.block = SharedMemory(name=name, create=name is None, size=size if name is None else 0)
         self.arrays = [np.ndarray(p.shape, p.dtype, buffer=self.block.buf, offset=offset)
                        for p, offset in zip(params, offsets)]
 
@@ -185,6 +209,7 @@ class _Workers:
         self.conns, self.processes, self.gradients, self.weights = [], [], [], None
         self.messengers = ThreadPoolExecutor(count, thread_name_prefix="nanograd-worker")
         try:  # a failure part way (the model cannot be pickled, a worker cannot start) cleans up
+            _check_shared_memory((count + 1) * _offsets(params)[1])  # the weights, a gradient block each
             self.weights = _SharedArrays(params)
             self.gradients = [_SharedArrays(params) for _ in range(count)]
             context = multiprocessing.get_context("spawn")

@@ -236,6 +236,25 @@ def test_a_worker_that_cannot_start_is_reported_at_once(capfd):
     capfd.readouterr()  # the worker's own traceback
 
 
+def test_too_little_shared_memory_is_refused_before_anything_starts(monkeypatch):
+    """Writing past the end of /dev/shm would kill the program (SIGBUS): refuse up front."""
+    monkeypatch.setattr(parallel_module.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1, f_frsize=4096))
+    with pytest.raises(parallel_module.SharedMemoryTooSmall, match="MiB free"):
+        DataParallel(tiny_gpt(), 2)
+
+
+def test_the_trainer_falls_back_to_one_process_without_shared_memory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(parallel_module.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1, f_frsize=4096))
+    text = tmp_path / "poem.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+    out = tmp_path / "run"
+    assert train.main(["--data", str(text), "--out-dir", str(out), "--workers", "2", "--max-iters", "2",
+                       "--eval-iters", "1", "--n-layer", "1", "--n-embd", "8", "--n-head", "2",
+                       "--block-size", "8", "--batch-size", "4", "--sample-tokens", "0", "--quiet"]) == 0
+    assert "training in one process" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["workers"] == 1
+
+
 def test_ctrl_c_does_not_reach_the_workers(two_workers):
     """A terminal's Ctrl-C goes to every process of the program; the workers ignore it (the
     caller decides), from the moment they start."""
