@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from nanograd import Tensor
+from nanograd import Tensor, gradcheck
 from nanograd import functional as F
+from nanograd.ops import nn as nn_ops
+from tests.strategies import FixedRandom
 
 
 def randn(*shape, seed=0, scale=1.0) -> np.ndarray:
@@ -173,10 +175,10 @@ def test_relu():
 
 # ---- attention ---------------------------------------------------------------------------------
 def naive_attention(q, k, v, causal=True):
-    T = q.shape[-2]
+    Tq, Tk = q.shape[-2], k.shape[-2]
     scores = q @ k.swapaxes(-1, -2) / np.sqrt(q.shape[-1])
-    if causal:
-        scores = scores + np.triu(np.full((T, T), -np.inf), k=1)
+    if causal:  # query i sees keys j <= i + Tk - Tq
+        scores = scores + np.triu(np.full((Tq, Tk), -np.inf), k=Tk - Tq + 1)
     return np_softmax(scores) @ v
 
 
@@ -198,6 +200,34 @@ def test_attention_is_causal_by_default():
         np.testing.assert_allclose(out2[:, :, : t + 1], out[:, :, : t + 1], atol=1e-12)
         if t < 4:
             assert not np.allclose(out2[:, :, t + 1:], out[:, :, t + 1:])  # the future did change
+
+
+@pytest.mark.parametrize("Tq, Tk", [(5, 5), (7, 7), (4, 9)], ids=["uneven-blocks", "longer", "cached-keys"])
+def test_causal_attention_in_blocks_matches_the_naive_reference(monkeypatch, Tq, Tk):
+    """Long causal attention runs in blocks of queries (ATTENTION_BLOCK); made tiny here so
+    that small shapes have several: the same values as the reference, the same gradients as
+    one block."""
+    q, k, v = randn(2, 3, Tq, 4, seed=4), randn(2, 3, Tk, 4, seed=5), randn(2, 3, Tk, 4, seed=6)
+
+    def run(block: int):
+        monkeypatch.setattr(nn_ops, "ATTENTION_BLOCK", block)
+        tensors = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+        out = F.scaled_dot_product_attention(*tensors)
+        (out * Tensor(randn(*out.shape, seed=7))).sum().backward()
+        return out.data, [t.grad for t in tensors], len(nn_ops._query_blocks(Tq, Tk, True))
+
+    blocked, blocked_grads, blocks = run(2)
+    _, whole_grads, one = run(1000)
+    assert blocks == -(-Tq // 2) and one == 1
+    np.testing.assert_allclose(blocked, naive_attention(q, k, v), atol=1e-12)
+    for a, b in zip(blocked_grads, whole_grads):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_attention_in_blocks_passes_gradcheck_with_dropout(monkeypatch):
+    monkeypatch.setattr(nn_ops, "ATTENTION_BLOCK", 2)
+    qkv = Tensor(randn(2, 5, 3 * 2 * 3, seed=8), requires_grad=True)
+    assert gradcheck(lambda x: F.self_attention(x, 2, dropout=0.3, rng=FixedRandom(1)), qkv)
 
 
 def test_self_attention_equals_split_heads_attention():
