@@ -144,7 +144,9 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> 
 
     Its parameters view the shared weights, which the caller refreshes before every call; the
     gradient of each slice goes into this worker's shared block. Ctrl-C is the caller's to
-    handle (SIGINT is ignored here from the start: the caller ignores it while spawning)."""
+    handle: SIGINT is ignored here from the start on POSIX (the caller ignores it while
+    spawning, and a new process keeps that), and from here on elsewhere."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     backend.keep_freed_memory()
     params = model.parameters()
     weights, gradients = _SharedArrays(params, weights_name), _SharedArrays(params, gradients_name)
