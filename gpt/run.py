@@ -56,7 +56,8 @@ class TrainConfig:
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, batches and dropout"})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'"})
     workers: int | None = field(default=None, metadata={
-        "help": "CPU processes, each training on a slice of the batch (default: one per core)"})
+        "help": "CPU processes, each training on a slice of the batch (default: one per core, "
+                "fewer for small steps; one for the bigram and on a GPU)"})
     out_dir: str = field(default="out", metadata={"help": "directory for checkpoints and logs"})
     resume: bool = field(default=False, metadata={"help": "continue the run saved in out_dir"})
     sample_tokens: int = field(default=300, metadata={"help": "characters sampled at the end (0: none)"})
@@ -104,7 +105,7 @@ class TrainConfig:
         The bigram model and GPUs get one."""
         if self.device != "cpu":
             return 1
-        if self.workers:
+        if self.workers is not None:
             return min(self.workers, self.batch_size)  # a worker without a slice would only wait
         if self.model != "gpt":
             return 1

@@ -150,14 +150,13 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     if model is None:
         model = build_model(config, tokenizer.vocab_size).to(device)
     n_params = model.num_parameters()
-    workers = config.data_parallel_workers()
     try:
-        parallel = DataParallel(model, workers)
+        parallel = DataParallel(model, config.data_parallel_workers())
     except SharedMemoryTooSmall as exc:
         log(f"{exc}: training in one process (a container can be given more: docker run --shm-size)")
-        workers, parallel = 1, DataParallel(model, 1)
+        parallel = DataParallel(model, 1)
     if device == "cpu":  # saved with the run: resumed, it splits batches (and draws dropout) as before
-        config = dataclasses.replace(config, workers=workers)
+        config = dataclasses.replace(config, workers=parallel.workers)
     log(f"{config.model}: {n_params:,} parameters, vocabulary {tokenizer.vocab_size}, "
         f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
     if parallel.workers > 1:
@@ -196,7 +195,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     bar = None if config.quiet else _progress(config.max_iters, state["step"])
     t_start = time.perf_counter() - state["elapsed_s"]
     train_seconds, train_steps = 0.0, 0  # this session's time in training steps (no evals)
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, parallel:  # leaving it stops the worker processes
         while True:
             step = state["step"]
             state["elapsed_s"] = time.perf_counter() - t_start

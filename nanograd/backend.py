@@ -76,7 +76,7 @@ def to_numpy(array: Any) -> np.ndarray:
     return to_device(array, "cpu")
 
 
-ONE_HOT_MAX_ELEMENTS = 1 << 20  # above this, scatter_add_rows sorts instead of multiplying
+ONE_HOT_MAX_ELEMENTS = 1 << 20  # V * N above this: scatter_add_rows sorts (NumPy) or uses add.at (CuPy)
 
 
 def scatter_add_rows(out: Any, rows: Any, values: Any) -> None:
@@ -132,7 +132,8 @@ def in_blocks(fn: Callable[..., None], *arrays: Any) -> None:
 
 
 def index_add(out: Any, index: Any, values: Any) -> None:
-    """out[index] += values where index may repeat (general advanced indexing; slower)."""
+    """out[index] += values for any advanced index, repeats accumulating: ufunc.at, correct
+    but an unbuffered per-element loop on NumPy (scatter_add_rows is faster for table rows)."""
     array_module(out).add.at(out, index, values)
 
 
@@ -182,13 +183,14 @@ def manual_seed(seed: int) -> None:
     _generators["cpu"] = np.random.default_rng(seed)
 
 
-_thread = threading.local()  # a data-parallel worker's own generator (see thread_generator)
+_thread = threading.local()  # the generator set by thread_generator, per thread
 
 
 @contextlib.contextmanager
 def thread_generator(rng: np.random.Generator) -> Iterator[None]:
-    """Within this block, generator('cpu') returns rng in this thread only: each worker of
-    nanograd.parallel draws its dropout masks from its own stream, in a repeatable order."""
+    """Within this block, generator('cpu') returns rng, in the calling thread only.
+    nanograd.parallel uses it to give each slice of a batch its own seeded dropout stream, in
+    the caller and in each worker process."""
     previous, _thread.generator = getattr(_thread, "generator", None), rng
     try:
         yield

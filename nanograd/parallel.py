@@ -33,24 +33,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from multiprocessing.shared_memory import SharedMemory
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from threadpoolctl import ThreadpoolController, threadpool_info
 
 from . import backend
 from .function import is_grad_enabled, no_grad
 from .nn.module import Module, Parameter
 from .tensor import Tensor
 
-_blas_controller = None
+_blas_controller = None  # made on first use: it inspects the libraries loaded by then (BLAS)
 
 
 def _one_blas_thread() -> Any:
     """A context in which BLAS uses one thread (threadpoolctl; NumPy has no API for it)."""
     global _blas_controller
     if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
         _blas_controller = ThreadpoolController()
     return _blas_controller.limit(limits=1, user_api="blas")
 
@@ -58,8 +57,6 @@ def _one_blas_thread() -> Any:
 def default_workers() -> int:
     """One worker per thread that BLAS would use: one per core, unless OPENBLAS_NUM_THREADS or
     OMP_NUM_THREADS says otherwise."""
-    from threadpoolctl import threadpool_info
-
     counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
     return max(counts, default=os.cpu_count() or 1)
 
@@ -83,16 +80,28 @@ def _wait_for_all(futures: list[Future], give_up: Callable[[], None]) -> None:
         raise KeyboardInterrupt
 
 
-def _train_on_slice(model: Module, loss_fn: Callable[..., Tensor], part: tuple, seed: int | None,
-                    weight: float, backward: bool) -> float:
-    """One slice: its loss times weight (its share of the batch), and that loss's gradient
-    added to the model's .grad. Dropout draws from its own stream, seeded by the caller."""
-    rng = nullcontext() if seed is None else backend.thread_generator(np.random.default_rng(seed))
+class _Task(NamedTuple):
+    """One slice's work: run here for the first slice, pickled to a worker for the others."""
+
+    loss_fn: Callable[..., Tensor]
+    part: tuple  # this slice of each batch array
+    seed: int | None  # its dropout stream; None in eval mode
+    share: float  # its fraction of the batch: its loss and gradient are scaled by it
+    backward: bool
+    training: bool  # the caller's model.training
+    requires_grad: list[bool]  # the caller's, per parameter
+    grad_enabled: bool  # False under the caller's no_grad() (evaluation)
+
+
+def _run_task(model: Module, task: _Task) -> float:
+    """One slice: its loss times its share, and (backward) that loss's gradient added to the
+    model's .grad. Dropout draws from the slice's own stream, seeded by the caller."""
+    rng = nullcontext() if task.seed is None else backend.thread_generator(np.random.default_rng(task.seed))
     with rng:
-        loss = loss_fn(model, *part)
-        if backward:
-            loss.backward(np.full(loss.shape, weight))  # d(weight * loss) = weight * d(loss)
-    return loss.item() * weight
+        loss = task.loss_fn(model, *task.part)
+        if task.backward:
+            loss.backward(np.full(loss.shape, task.share))  # d(share * loss) = share * d(loss)
+    return loss.item() * task.share
 
 
 class SharedMemoryTooSmall(RuntimeError):
@@ -113,12 +122,14 @@ def _check_shared_memory(needed: int) -> None:
                                    f"and /dev/shm has {free / 2**20:.1f} MiB free")
 
 
-def _offsets(params: list[Parameter]) -> tuple[list[int], int]:
-    """Where each parameter's array starts in a shared block (64-byte aligned), and its size."""
+def _block_layout(params: list[Parameter]) -> tuple[list[int], int]:
+    """(where each parameter's array starts in a shared block, the block's size in bytes).
+    Each array starts on a 64-byte boundary, as NumPy's own allocations are aligned for SIMD
+    loads; the size is at least 64 because SharedMemory refuses 0 bytes."""
     offsets, size = [], 0
     for p in params:
         offsets.append(size)
-        size += -(-p.data.nbytes // 64) * 64
+        size += -(-p.data.nbytes // 64) * 64  # rounded up to a multiple of 64
     return offsets, max(size, 64)
 
 
@@ -127,7 +138,7 @@ class _SharedArrays:
     caller, or opened by name in a worker."""
 
     def __init__(self, params: list[Parameter], name: str | None = None):
-        offsets, size = _offsets(params)
+        offsets, size = _block_layout(params)
         self.block = SharedMemory(name=name, create=name is None, size=size if name is None else 0)
         self.arrays = [np.ndarray(p.shape, p.dtype, buffer=self.block.buf, offset=offset)
                        for p, offset in zip(params, offsets)]
@@ -140,12 +151,13 @@ class _SharedArrays:
 
 
 def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> None:
-    """A worker process: train on each slice it is sent, until the caller closes the pipe.
+    """A worker process: run each task it is sent, until the caller closes the pipe.
 
-    Its parameters view the shared weights, which the caller refreshes before every call; the
-    gradient of each slice goes into this worker's shared block. Ctrl-C is the caller's to
-    handle: SIGINT is ignored here from the start on POSIX (the caller ignores it while
-    spawning, and a new process keeps that), and from here on elsewhere."""
+    Its parameters view the shared weights, which the caller refreshes before every task; the
+    gradient of each slice goes into this worker's shared block. Replies: ("ready",) once, then
+    per task ("ok", weighted loss, which parameters got a gradient) or ("error", message).
+    Ctrl-C is the caller's to handle, so SIGINT is ignored: on POSIX from birth (inherited
+    through _spawning), on Windows, whose new processes do not inherit it, from here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     backend.keep_freed_memory()
     params = model.parameters()
@@ -160,12 +172,12 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> 
             except EOFError:  # the caller is gone or closed the pool
                 return
             try:  # unpickled here, so that a loss_fn this process cannot import is one error
-                loss_fn, part, seed, weight, backward, training, requires_grad, grad_enabled = pickle.loads(message)
-                model.train(training)
-                for p, needs in zip(params, requires_grad):
+                task = pickle.loads(message)
+                model.train(task.training)
+                for p, needs in zip(params, task.requires_grad):
                     p.grad, p.requires_grad = None, needs
-                with nullcontext() if grad_enabled else no_grad():  # as the caller is (evaluation)
-                    loss = _train_on_slice(model, loss_fn, part, seed, weight, backward)
+                with nullcontext() if task.grad_enabled else no_grad():
+                    loss = _run_task(model, task)
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
                 continue
@@ -185,8 +197,9 @@ _ONE_THREAD_ENVIRONMENT = {name: "1" for name in (
 @contextlib.contextmanager
 def _spawning() -> Iterator[None]:
     """While workers start: their environment asks for one BLAS thread, and SIGINT is ignored,
-    which a spawned Python keeps, so a Ctrl-C meant for the caller (stop and save) never kills
-    a worker that has not yet reached _serve."""
+    so that a Ctrl-C meant for the caller (stop and save) does not kill a worker still
+    starting (POSIX processes inherit the ignored signal; on Windows _serve ignores it
+    itself). Only the main thread may change signal handlers."""
     saved_environment = {name: os.environ.get(name) for name in _ONE_THREAD_ENVIRONMENT}
     os.environ.update(_ONE_THREAD_ENVIRONMENT)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -203,6 +216,32 @@ def _spawning() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _stopped(process: Any) -> tuple:
+    """The answer that stands for a worker that is gone."""
+    process.join(timeout=1)  # reaped, so that its exit code is known
+    return ("error", f"the worker process stopped (exit code {process.exitcode})")
+
+
+def _receive(conn: Any, process: Any) -> tuple:
+    """A worker's next answer."""
+    try:
+        return conn.recv()
+    except (EOFError, OSError):  # closed, or reset when it died with our message unread
+        return _stopped(process)
+
+
+def _ask(conn: Any, process: Any, task: _Task) -> tuple:
+    """Send one task to one worker and wait for its answer (runs in a messenger thread)."""
+    try:
+        conn.send(task)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:  # nothing was sent
+        return ("error", f"could not send the slice to the worker ({exc}): loss_fn must be "
+                         "a function that a new Python process can import")
+    except OSError:  # the pipe is broken: the worker is gone
+        return _stopped(process)
+    return _receive(conn, process)
+
+
 class _Workers:
     """The worker processes, their pipes and shared blocks, and the threads that talk to them
     (a thread waits for each answer, so a Ctrl-C in the caller never cuts a message in half)."""
@@ -211,7 +250,8 @@ class _Workers:
         self.conns, self.processes, self.gradients, self.weights = [], [], [], None
         self.messengers = ThreadPoolExecutor(count, thread_name_prefix="nanograd-worker")
         try:  # a failure part way (the model cannot be pickled, a worker cannot start) cleans up
-            _check_shared_memory((count + 1) * _offsets(params)[1])  # the weights, a gradient block each
+            _, block_bytes = _block_layout(params)
+            _check_shared_memory((count + 1) * block_bytes)  # the weights, and a gradient block per worker
             self.weights = _SharedArrays(params)
             self.gradients = [_SharedArrays(params) for _ in range(count)]
             context = multiprocessing.get_context("spawn")
@@ -225,37 +265,15 @@ class _Workers:
                     self.processes.append(process)
                     theirs.close()
             for conn, process in zip(self.conns, self.processes):
-                answer = self.receive(conn, process)
+                answer = _receive(conn, process)
                 if answer[0] == "error":
                     raise RuntimeError(f"DataParallel: a worker could not start: {answer[1]}")
         except BaseException:
             self.close()
             raise
 
-    @staticmethod
-    def receive(conn: Any, process: Any) -> tuple:
-        """The worker's next answer, or an error answer if it is gone."""
-        try:
-            return conn.recv()
-        except (EOFError, OSError):  # closed, or reset when it died with our message unread
-            process.join(timeout=1)
-            return ("error", f"the worker process stopped (exit code {process.exitcode})")
-
-    @classmethod
-    def ask(cls, conn: Any, process: Any, task: tuple) -> tuple:
-        """Send one slice to one worker and wait for its answer (runs in a messenger thread)."""
-        try:
-            conn.send(task)
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:  # nothing was sent
-            return ("error", f"could not send the slice to the worker ({exc}): loss_fn must be "
-                             "a function that a new Python process can import")
-        except OSError:  # the pipe is broken: the worker is gone
-            process.join(timeout=1)
-            return ("error", f"the worker process stopped (exit code {process.exitcode})")
-        return cls.receive(conn, process)
-
     def kill(self) -> None:
-        """Stop the workers at once, mid-slice (their pipes then report them stopped)."""
+        """Stop the workers at once, mid-task (their pipes then report them stopped)."""
         for process in self.processes:
             process.kill()
 
@@ -283,8 +301,8 @@ class DataParallel:
     (its weights may: they are shared at every call). The workers are spawned (fork is unsafe
     once BLAS has started its threads), so a script that makes a DataParallel needs the usual
     `if __name__ == "__main__":` guard. Only for models on the CPU: a GPU already runs each op
-    on all its cores. close() stops the workers (garbage collection and the end of the program
-    do too).
+    on all its cores. close(), or the end of a `with` block, stops the workers (garbage
+    collection and the end of the program do too).
     """
 
     def __init__(self, model: Module, workers: int):
@@ -298,6 +316,12 @@ class DataParallel:
                 raise ValueError("DataParallel with several workers runs on the CPU only")
             self._pool = _Workers(model, self.params, workers - 1)
             self._closer = weakref.finalize(self, self._pool.close)
+
+    def __enter__(self) -> DataParallel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def worker_pids(self) -> list[int]:
@@ -337,6 +361,36 @@ class DataParallel:
             self._sum_gradients(earlier, worker_grads)
         return float(sum(losses))
 
+    def _run_slices(self, loss_fn: Callable[..., Tensor], slices: list[tuple], n: int,
+                    backward: bool) -> tuple[list[float], list[list[Any]]]:
+        """Slice 0 here, the others in the workers: (each slice's weighted loss, each worker's
+        gradients as views of its shared block, None where it computed none)."""
+        pool = self._pool
+        if self.model.training:  # dropout: a stream per slice, seeded from nanograd's CPU generator
+            seeds = list(backend.generator("cpu").integers(2**63, size=len(slices)))
+        else:
+            seeds = [None] * len(slices)
+        caller = dict(backward=backward, training=self.model.training,
+                      requires_grad=[p.requires_grad for p in self.params], grad_enabled=is_grad_enabled())
+        tasks = [_Task(loss_fn, part, seed, len(part[0]) / n, **caller) for part, seed in zip(slices, seeds)]
+        for shared, p in zip(pool.weights.arrays, self.params):
+            shared[...] = p.data  # the workers see the weights as they are now
+        futures: list[Future] = []
+        try:
+            for conn, process, task in zip(pool.conns, pool.processes, tasks[1:]):
+                futures.append(pool.messengers.submit(_ask, conn, process, task))
+            with _one_blas_thread():
+                own = _run_task(self.model, tasks[0])
+        finally:
+            _wait_for_all(futures, give_up=pool.kill)
+        answers = [f.result() for f in futures]  # in order
+        for i, answer in enumerate(answers, start=1):
+            if answer[0] == "error":
+                raise RuntimeError(f"DataParallel worker {i}: {answer[1]}")
+        grads = [[g if present else None for g, present in zip(shared.arrays, answer[2])]
+                 for answer, shared in zip(answers, pool.gradients)]
+        return [own] + [answer[1] for answer in answers], grads
+
     def _sum_gradients(self, earlier: list[Any], worker_grads: list[list[Any]]) -> None:
         """.grad = what it held before + this process's slice (now in .grad) + each worker's,
         added in worker order so that a run repeats exactly."""
@@ -350,31 +404,3 @@ class DataParallel:
                 else:
                     total += grads[i]
             p.grad = total if before is None or total is None else before + total
-
-    def _run_slices(self, loss_fn: Callable[..., Tensor], slices: list[tuple], n: int,
-                    backward: bool) -> tuple[list[float], list[list[Any]]]:
-        """Slice 0 here, the others in the workers: (each slice's weighted loss, each worker's
-        gradients as views of its shared block, None where it computed none)."""
-        pool = self._pool
-        shares = [len(part[0]) / n for part in slices]  # each slice's weight in the mean
-        # dropout: a stream per slice, seeded from the model's generator so a seeded run repeats
-        seeds = backend.generator("cpu").integers(2**63, size=len(slices)) if self.model.training \
-            else [None] * len(slices)
-        for shared, p in zip(pool.weights.arrays, self.params):
-            shared[...] = p.data  # the workers see the weights as they are now
-        state = (backward, self.model.training, [p.requires_grad for p in self.params], is_grad_enabled())
-        futures: list[Future] = []
-        try:
-            for conn, process, part, seed, share in zip(pool.conns, pool.processes, slices[1:], seeds[1:], shares[1:]):
-                futures.append(pool.messengers.submit(pool.ask, conn, process, (loss_fn, part, seed, share, *state)))
-            with _one_blas_thread():
-                own = _train_on_slice(self.model, loss_fn, slices[0], seeds[0], shares[0], backward)
-        finally:
-            _wait_for_all(futures, give_up=pool.kill)
-        answers = [f.result() for f in futures]  # in order
-        for i, answer in enumerate(answers, start=1):
-            if answer[0] == "error":
-                raise RuntimeError(f"DataParallel worker {i}: {answer[1]}")
-        grads = [[g if present else None for g, present in zip(shared.arrays, answer[2])]
-                 for answer, shared in zip(answers, pool.gradients)]
-        return [own] + [answer[1] for answer in answers], grads

@@ -203,29 +203,29 @@ def test_attention_is_causal_by_default():
 
 
 @pytest.mark.parametrize("Tq, Tk", [(5, 5), (7, 7), (4, 9)], ids=["uneven-blocks", "longer", "cached-keys"])
-def test_causal_attention_in_blocks_matches_the_naive_reference(monkeypatch, Tq, Tk):
-    """Long causal attention runs in blocks of queries (ATTENTION_BLOCK); made tiny here so
-    that small shapes have several: the same values as the reference, the same gradients as
-    one block."""
+def test_causal_attention_in_chunks_matches_the_naive_reference(monkeypatch, Tq, Tk):
+    """Long causal attention runs in chunks of queries (QUERY_CHUNK); made tiny here so that
+    small shapes have several: the same values as the reference, the same gradients as one
+    chunk."""
     q, k, v = randn(2, 3, Tq, 4, seed=4), randn(2, 3, Tk, 4, seed=5), randn(2, 3, Tk, 4, seed=6)
 
-    def run(block: int):
-        monkeypatch.setattr(nn_ops, "ATTENTION_BLOCK", block)
+    def run(chunk: int):
+        monkeypatch.setattr(nn_ops, "QUERY_CHUNK", chunk)
         tensors = [Tensor(a, requires_grad=True) for a in (q, k, v)]
         out = F.scaled_dot_product_attention(*tensors)
         (out * Tensor(randn(*out.shape, seed=7))).sum().backward()
-        return out.data, [t.grad for t in tensors], len(nn_ops._query_blocks(Tq, Tk, True))
+        return out.data, [t.grad for t in tensors], len(nn_ops._query_chunks(Tq, Tk, True))
 
-    blocked, blocked_grads, blocks = run(2)
+    chunked, chunked_grads, chunks = run(2)
     _, whole_grads, one = run(1000)
-    assert blocks == -(-Tq // 2) and one == 1
-    np.testing.assert_allclose(blocked, naive_attention(q, k, v), atol=1e-12)
-    for a, b in zip(blocked_grads, whole_grads):
+    assert chunks == -(-Tq // 2) and one == 1
+    np.testing.assert_allclose(chunked, naive_attention(q, k, v), atol=1e-12)
+    for a, b in zip(chunked_grads, whole_grads):
         np.testing.assert_allclose(a, b, atol=1e-12)
 
 
-def test_attention_in_blocks_passes_gradcheck_with_dropout(monkeypatch):
-    monkeypatch.setattr(nn_ops, "ATTENTION_BLOCK", 2)
+def test_attention_in_chunks_passes_gradcheck_with_dropout(monkeypatch):
+    monkeypatch.setattr(nn_ops, "QUERY_CHUNK", 2)
     qkv = Tensor(randn(2, 5, 3 * 2 * 3, seed=8), requires_grad=True)
     assert gradcheck(lambda x: F.self_attention(x, 2, dropout=0.3, rng=FixedRandom(1)), qkv)
 

@@ -157,7 +157,7 @@ def test_workers_follow_the_optimizer_and_the_mode():
 
 
 def test_dropout_draws_a_seeded_stream_per_slice():
-    """Each slice's dropout stream is seeded from the model's generator: the total is the mean
+    """Each slice's dropout stream is seeded from nanograd's CPU generator: the total is the mean
     of the two slices' losses, each computed here with its own seed, and the masks differ."""
     model = tiny_gpt(dropout=0.5)
     x = np.tile(batch(1)[0], (2, 1))  # two identical rows: only their dropout masks can differ
@@ -167,7 +167,9 @@ def test_dropout_draws_a_seeded_stream_per_slice():
     nanograd.manual_seed(1)
     seeds = backend.generator("cpu").integers(2**63, size=2)
     with no_grad():
-        each = [parallel_module._train_on_slice(model, logits_sum, (x[i:i + 1],), seed, 0.5, False)
+        each = [parallel_module._run_task(model, parallel_module._Task(
+                    logits_sum, (x[i:i + 1],), seed, share=0.5, backward=False, training=True,
+                    requires_grad=[True] * len(model.parameters()), grad_enabled=False))
                 for i, seed in enumerate(seeds)]
     assert each[0] != each[1]
     np.testing.assert_allclose(total, sum(each), rtol=1e-6)

@@ -248,11 +248,13 @@ def _gelu_backward(x, h, g, dx, scratch):
     dx *= g
 
 
-def _uniform(rng, like):
-    """Uniform [0, 1) numbers shaped like the array `like`, on its device. rng may be a NumPy
-    generator even for a GPU array (the numbers are then copied over), so a caller's seeded
-    NumPy generator gives the same mask on either device."""
-    return array_module(like).asarray(rng.random(like.shape, dtype=like.dtype))
+def _keep_mask(rng, like, p):
+    """Dropout's mask shaped like the array `like`, on its device: 1 / (1 - p) where kept
+    (probability 1 - p), 0 where dropped. rng may be a NumPy generator even for a GPU array
+    (the numbers are copied over), so a seeded NumPy generator draws the same mask of a given
+    shape on either device."""
+    uniform = array_module(like).asarray(rng.random(like.shape, dtype=like.dtype))
+    return (uniform >= p) * like.dtype.type(1.0 / (1.0 - p))
 
 
 class Dropout(Function):
@@ -263,20 +265,20 @@ class Dropout(Function):
     """
 
     def forward(self, x, p, rng):
-        keep = _uniform(rng, x) >= p
-        self.scale = keep * x.dtype.type(1.0 / (1.0 - p))  # (same shape as x)
-        return x * self.scale
+        self.keep = _keep_mask(rng, x, p)  # (same shape as x)
+        return x * self.keep
 
     def backward(self, g):
-        return (g * self.scale,)
+        return (g * self.keep,)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _causal_mask(xp, Tq: int, Tk: int, dtype):
     """(Tq, Tk) additive mask: 0 where query i may see key j (j <= i + Tk - Tq), -inf elsewhere.
 
-    Adding it is one pass over the scores, cheaper than boolean indexing; it is cached
-    because every layer and every step uses the same one.
+    Adding it is one pass over the scores, cheaper than boolean indexing. It is cached because
+    every layer and step reuses the same few: one per chunk of queries (T / QUERY_CHUNK on the
+    CPU), so maxsize must stay above that count (64 chunks: T up to 4096).
     """
     future = xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)
     return xp.where(future, -xp.inf, 0).astype(dtype)
@@ -294,10 +296,12 @@ class ScaledDotProductAttention(Function):
         ds = att * (datt - sum_j(datt * att))     (the softmax backward; masked att are 0)
         dq = ds @ k / sqrt(hs),   dk = ds^T @ q / sqrt(hs)
 
-    On the CPU, causal attention over long sequences runs in blocks of ATTENTION_BLOCK
-    queries: a block sees no key after its last query, so the scores there (all masked) are
-    never computed. At T = 512 that skips 44% of the (T, T) scores; dk and dv add up each
-    block's part. (On a GPU, where it would cost kernel launches, it has not been measured.)
+    On the CPU, causal attention over long sequences runs in chunks of QUERY_CHUNK queries: a
+    chunk sees no key after its last query, so the scores there (all masked) are never
+    computed. At T = 512 that skips 44% of the (T, T) scores; dk and dv add up each chunk's
+    part. Dropout then draws one mask per chunk, so the same seed gives other masks than on a
+    GPU, where attention runs in one piece (chunks would cost kernel launches there, and have
+    not been measured).
     """
 
     def forward(self, q, k, v, causal=True, dropout=0.0, rng=None):
@@ -317,45 +321,52 @@ class ScaledDotProductAttention(Function):
         B, nh, Tq, hs = q.shape
         self.scale = q.dtype.type(1.0 / math.sqrt(hs))
         self.q, self.k, self.v = q, k, v
-        self.blocks = _query_blocks(Tq, k.shape[-2], causal and device_of(q) == "cpu")
-        self.att, self.keep = [], []  # per block: weights (B, nh, rows, keys), dropout's mask
-        for first, last, keys in self.blocks:
-            att = xp.empty((B, nh, last - first, keys), dtype=q.dtype)
-            keep = None  # dropout's mask, scaled by 1 / (1 - p)
-            if dropout > 0:
-                keep = (_uniform(rng, att) >= dropout) * q.dtype.type(1 / (1 - dropout))
-            # one query (a token generated with a KV cache) is the newest position: it sees every key
-            mask = _causal_mask(xp, last - first, keys, q.dtype) if causal and last - first > 1 else None
-            _attention_forward(q[..., first:last, :], k[..., :keys, :], v[..., :keys, :], att,
-                               y[..., first:last, :], keep, self.scale, mask)
+        self.chunks = _query_chunks(Tq, k.shape[-2], causal and device_of(q) == "cpu")
+        self.att, self.keep = [], []  # per chunk, (B, nh, rows, keys) each; keep None without dropout
+        for start, stop, keys in self.chunks:
+            rows = stop - start
+            att = xp.empty((B, nh, rows, keys), dtype=q.dtype)  # (B, nh, rows, keys)
+            keep = _keep_mask(rng, att, dropout) if dropout > 0 else None  # (B, nh, rows, keys)
+            # a single query is the newest position and sees every key: its mask would be all
+            # zeros, and (the keys grow by one at each KV-cached token) a new entry in the cache
+            mask = _causal_mask(xp, rows, keys, q.dtype) if causal and rows > 1 else None  # (rows, keys)
+            _attention_forward(q[..., start:stop, :],  # (B, nh, rows, hs)
+                               k[..., :keys, :], v[..., :keys, :],  # (B, nh, keys, hs) each
+                               att, y[..., start:stop, :], keep, self.scale, mask)
             self.att.append(att)
             self.keep.append(keep)
 
     def _attend_backward(self, dy, dq, dk, dv):
-        """The backward pass, writing into dq, dk, dv (which may be strided views). The last
-        block sees every key: it writes dk and dv, and the blocks before it add to them."""
-        for i in reversed(range(len(self.blocks))):
-            first, last, keys = self.blocks[i]
-            _attention_backward(self.q[..., first:last, :], self.k[..., :keys, :], self.v[..., :keys, :],
-                                self.att[i], self.keep[i], self.scale, dy[..., first:last, :],
-                                dq[..., first:last, :], dk[..., :keys, :], dv[..., :keys, :],
-                                add=i < len(self.blocks) - 1)
+        """The backward pass, writing into dq, dk, dv (which may be strided views). Each chunk
+        writes its own rows of dq. The last chunk sees every key, so it runs first and writes
+        all of dk and dv; the chunks before it see a prefix of the keys and add to it."""
+        last = len(self.chunks) - 1
+        for i in range(last, -1, -1):
+            start, stop, keys = self.chunks[i]
+            _attention_backward(self.q[..., start:stop, :], self.k[..., :keys, :], self.v[..., :keys, :],
+                                self.att[i], self.keep[i], self.scale, dy[..., start:stop, :],
+                                dq[..., start:stop, :], dk[..., :keys, :], dv[..., :keys, :], add=i < last)
 
 
-ATTENTION_BLOCK = 64  # queries per block of causal attention (see ScaledDotProductAttention)
+QUERY_CHUNK = 64  # queries per chunk of causal attention on the CPU (see ScaledDotProductAttention)
 
 
-def _query_blocks(Tq: int, Tk: int, in_blocks: bool) -> list[tuple[int, int, int]]:
-    """(first query, end query, keys it sees) per block of causal attention, or one block.
-    Query i sees keys j <= i + Tk - Tq, so a block ending at query `last` sees last + Tk - Tq."""
-    if not in_blocks or Tq <= ATTENTION_BLOCK:
+def _query_chunks(Tq: int, Tk: int, chunked: bool) -> list[tuple[int, int, int]]:
+    """(start, stop, keys) for each chunk q[start:stop] of the queries, or one chunk for all.
+    Query i sees keys j <= i + Tk - Tq, so a chunk's last query, stop - 1, sees the first
+    stop + Tk - Tq keys."""
+    if not chunked or Tq <= QUERY_CHUNK:
         return [(0, Tq, Tk)]
-    return [(first, min(first + ATTENTION_BLOCK, Tq), min(first + ATTENTION_BLOCK, Tq) + Tk - Tq)
-            for first in range(0, Tq, ATTENTION_BLOCK)]
+    chunks = []
+    for start in range(0, Tq, QUERY_CHUNK):
+        stop = min(start + QUERY_CHUNK, Tq)
+        chunks.append((start, stop, stop + Tk - Tq))
+    return chunks
 
 
 def _attention_forward(q, k, v, att, y, keep, scale, mask):
-    """Attention forward: fills att (B, nh, Tq, Tk) and y (B, nh, Tq, hs)."""
+    """Attention forward for queries q against the keys they see: fills att (B, nh, Tq, Tk)
+    and y (B, nh, Tq, hs), Tq and Tk being a chunk's rows and keys."""
     xp = array_module(q)
     xp.matmul(q, k.swapaxes(-1, -2), out=att)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
     att *= scale
@@ -364,19 +375,19 @@ def _attention_forward(q, k, v, att, y, keep, scale, mask):
     att -= att.max(axis=-1, keepdims=True)  # the largest exponent is 0: no overflow
     xp.exp(att, out=att)
     att /= _row_sum(att)
-    xp.matmul(att if keep is None else att * keep, v, out=y)  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs)
+    xp.matmul(att if keep is None else att * keep, v, out=y)  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
 
 
-def _attention_backward(q, k, v, att, keep, scale, dy, dq, dk, dv, add=False):
+def _attention_backward(q, k, v, att, keep, scale, dy, dq, dk, dv, *, add):
     """Attention backward: fills dq (B, nh, Tq, hs), and dk, dv (B, nh, Tk, hs) from dy
-    (B, nh, Tq, hs); with add=True, adds to dk and dv instead (another block wrote them)."""
-    attd = att if keep is None else att * keep
+    (B, nh, Tq, hs); with add=True, adds to dk and dv instead (another chunk wrote them)."""
+    attd = att if keep is None else att * keep  # (B, nh, Tq, Tk): the weights that multiplied v
     _matmul_into(attd.swapaxes(-1, -2), dy, dv, add)  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
     datt = dy @ v.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
     if keep is not None:
         datt *= keep
     ds = datt  # ds = att * (datt - rowsum(datt * att)), in datt's buffer
-    ds -= _row_sum(datt * att)
+    ds -= _row_sum(datt * att)  # (B, nh, Tq, 1)
     ds *= att
     ds *= scale  # the 1/sqrt(hs) of the forward, applied once for dq and dk
     array_module(q).matmul(ds, k, out=dq)  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
@@ -384,7 +395,8 @@ def _attention_backward(q, k, v, att, keep, scale, dy, dq, dk, dv, add=False):
 
 
 def _matmul_into(a, b, out, add):
-    """out = a @ b, or out += a @ b."""
+    """out = a @ b, or out += a @ b when add (another chunk already wrote part of out, and
+    matmul's out= cannot accumulate)."""
     if add:
         out += a @ b
     else:
