@@ -134,7 +134,7 @@ def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = 
 
 def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: ModuleType | None) -> list[dict]:
     """One result row per implementation for this configuration (the JSON objects of --json)."""
-    model, _, ours = nanograd_trainer(config)
+    model, parallel, ours = nanograd_trainer(config)
     steps = {"nanograd": ours}
     if torch is not None:
         steps["torch"] = torch_trainer(torch, config, model)
@@ -148,7 +148,7 @@ def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: M
              "tokens_per_s": round(tokens / s, 1), "mfu": round(flops / s / peak, 4),
              "batch_size": config.batch_size, "block_size": config.block_size, "n_embd": config.n_embd,
              "n_layer": config.n_layer, "n_head": config.n_head, "device": config.device,
-             "threads": blas_threads(), "nanograd_workers": config.data_parallel_workers(), "steps": args.steps,
+             "threads": blas_threads(), "nanograd_workers": parallel.workers, "steps": args.steps,
              "rounds": args.rounds}
             for impl, s in seconds.items()]
     if torch is not None:

@@ -31,7 +31,6 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import nullcontext
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any, NamedTuple
 
@@ -96,7 +95,7 @@ class _Task(NamedTuple):
 def _run_task(model: Module, task: _Task) -> float:
     """One slice: its loss times its share, and (backward) that loss's gradient added to the
     model's .grad. Dropout draws from the slice's own stream, seeded by the caller."""
-    rng = nullcontext() if task.seed is None else backend.thread_generator(np.random.default_rng(task.seed))
+    rng = contextlib.nullcontext() if task.seed is None else backend.thread_generator(np.random.default_rng(task.seed))
     with rng:
         loss = task.loss_fn(model, *task.part)
         if task.backward:
@@ -176,7 +175,7 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> 
                 model.train(task.training)
                 for p, needs in zip(params, task.requires_grad):
                     p.grad, p.requires_grad = None, needs
-                with nullcontext() if task.grad_enabled else no_grad():
+                with contextlib.nullcontext() if task.grad_enabled else no_grad():
                     loss = _run_task(model, task)
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
