@@ -98,7 +98,7 @@ def train_step(parallel: DataParallel, optimizer: optim.AdamW, x: np.ndarray, y:
     if not math.isfinite(loss_value):
         return loss_value, math.nan
     # the norm before clipping is the health signal (max_norm inf only measures it)
-    grad_norm = optim.clip_grad_norm(parallel.model.parameters(), config.grad_clip or math.inf)
+    grad_norm = optim.clip_grad_norm(parallel.params, config.grad_clip or math.inf)
     optimizer.step()
     return loss_value, grad_norm
 

@@ -93,8 +93,9 @@ def scatter_add_rows(out: Any, rows: Any, values: Any) -> None:
         return
     xp = array_module(out)
     if out.shape[0] * len(rows) <= ONE_HOT_MAX_ELEMENTS:
-        onehot = rows[None, :] == xp.arange(out.shape[0])[:, None]  # (V, N): onehot[v, n] = rows[n] == v
-        out += onehot.astype(values.dtype) @ values
+        onehot = xp.zeros((out.shape[0], len(rows)), dtype=values.dtype)  # (V, N)
+        onehot[rows, xp.arange(len(rows))] = 1  # onehot[v, n] = 1 where rows[n] == v
+        out += onehot @ values
         return
     if xp is not np:
         xp.add.at(out, rows, values)  # atomic adds on the GPU

@@ -184,9 +184,10 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:
     if not grads:
         return 0.0
     xp = backend.array_module(grads[0])
-    # one sum of squares per tensor, added up in float64 and read back once: a float() per
-    # tensor would make a GPU finish all its queued work once per parameter
-    total = math.sqrt(float(xp.stack([(g * g).sum() for g in grads]).astype(xp.float64).sum()))
+    # one sum of squares per tensor (a dot product: one pass, no temporary g * g), added up
+    # where they are and read back once: a float() per tensor would make a GPU finish all
+    # its queued work once per parameter
+    total = math.sqrt(float(sum(xp.vdot(g, g) for g in grads)))
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

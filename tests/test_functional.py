@@ -79,6 +79,22 @@ def test_softmax_family_is_finite_for_huge_logits(name, fn, scale, dtype):
     assert np.isfinite(x.grad).all(), name
 
 
+@pytest.mark.parametrize("safe_range", [0.0, math.inf], ids=["row-max", "overall-max"])
+def test_softmax_family_takes_either_exp_shift_with_the_same_values_and_gradients(monkeypatch, safe_range):
+    """Before exp, the overall max is subtracted where the logits span less than
+    EXP_SAFE_RANGE, each row's max otherwise (nn_ops._exp_shift): each path, forced here,
+    matches the reference and passes gradcheck."""
+    monkeypatch.setattr(nn_ops, "EXP_SAFE_RANGE", safe_range)
+    x, targets = randn(4, 6, seed=2, scale=3), np.array([0, 5, 2, 2])
+    p = np_softmax(x)
+    np.testing.assert_allclose(F.softmax(Tensor(x)).data, p, atol=1e-12)
+    np.testing.assert_allclose(F.log_softmax(Tensor(x)).data, np.log(p), atol=1e-12)
+    loss = F.cross_entropy(Tensor(x), targets).item()
+    assert loss == pytest.approx(-np.log(p[np.arange(4), targets]).mean(), abs=1e-12)
+    for fn in (F.softmax, F.log_softmax, lambda t: F.cross_entropy(t, targets)):
+        assert gradcheck(fn, Tensor(x, requires_grad=True))
+
+
 def test_huge_logits_give_the_exact_softmax_and_a_huge_finite_loss():
     x = np.array([[1.0, -1.0, 0.5]]) * 1e4
     np.testing.assert_allclose(F.softmax(Tensor(x)).data, [[1.0, 0.0, 0.0]])
@@ -222,6 +238,29 @@ def test_causal_attention_in_chunks_matches_the_naive_reference(monkeypatch, Tq,
     np.testing.assert_allclose(chunked, naive_attention(q, k, v), atol=1e-12)
     for a, b in zip(chunked_grads, whole_grads):
         np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("safe_range", [0.0, math.inf], ids=["row-max", "overall-max"])
+def test_attention_takes_either_exp_shift_with_the_same_values_and_gradients(monkeypatch, safe_range):
+    """Softmax subtracts the overall max of the scores when they span less than
+    EXP_SAFE_RANGE, each row's max otherwise (nn_ops._narrow_max). Each path, forced here,
+    matches the reference and passes gradcheck."""
+    monkeypatch.setattr(nn_ops, "EXP_SAFE_RANGE", safe_range)
+    q, k, v = randn(2, 3, 5, 4, seed=4), randn(2, 3, 6, 4, seed=5), randn(2, 3, 6, 4, seed=6)
+    out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v)).data
+    np.testing.assert_allclose(out, naive_attention(q, k, v), atol=1e-12)
+    assert gradcheck(F.scaled_dot_product_attention, *(Tensor(a, requires_grad=True) for a in (q, k, v)))
+
+
+def test_causal_attention_is_exact_beside_a_huge_score_in_the_future():
+    """A score of 1e4 that the mask hides widens the range past EXP_SAFE_RANGE: the shift is
+    then each row's max over the keys its query sees, not the hidden 1e4 (which would leave
+    exp(visible - 1e4) = 0 everywhere in the row, and 0 / 0)."""
+    q, k, v = randn(1, 2, 4, 4, seed=4), randn(1, 2, 4, 4, seed=5), randn(1, 2, 4, 4, seed=6)
+    q[..., 0, :], k[..., 3, :] = 50.0, 50.0  # query 0 against key 3 (its future): 1e4 / sqrt(4)
+    for dtype in (np.float32, np.float64):
+        out = F.scaled_dot_product_attention(*(Tensor(a.astype(dtype)) for a in (q, k, v))).data
+        np.testing.assert_allclose(out, naive_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
 
 def test_attention_in_chunks_passes_gradcheck_with_dropout(monkeypatch):

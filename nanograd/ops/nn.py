@@ -30,10 +30,36 @@ def _row_mean(x):
     return _row_sum(x, 1.0 / x.shape[-1])
 
 
+EXP_SAFE_RANGE = 60.0  # e^-60 ~ 1e-26: far inside float32's normal range, which ends near e^-87
+
+
+def _narrow_max(x):
+    """The overall max of x if every value of x lies within EXP_SAFE_RANGE below it, else None.
+
+    Softmax and log-sum-exp subtract a shift from each row before exp, so that no exp
+    overflows; any shift gives the same result. The row's max is safe for any input, but on
+    the CPU a max over each short row, and a subtraction broadcast row by row, cost several
+    times one pass over the array. When x spans less than EXP_SAFE_RANGE, one number is as
+    safe: every exp(x - max) then lies in [e^-60, 1], so nothing overflows and nothing
+    underflows. Always None on a GPU, where testing the range would wait for the device.
+    """
+    if device_of(x) != "cpu" or x.size == 0:
+        return None
+    top = x.max()
+    return top if top - x.min() < EXP_SAFE_RANGE else None
+
+
+def _exp_shift(x, axis):
+    """What softmax subtracts from x before exp: the overall max where x is narrow (a scalar),
+    else the max along `axis` (keeping it as size 1)."""
+    top = _narrow_max(x)
+    return x.max(axis=axis, keepdims=True) if top is None else top
+
+
 def _softmax(x, axis):
     """exp(x) / sum(exp(x)), computed as exp(x - max) so that no exp overflows."""
     xp = array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e = xp.exp(x - _exp_shift(x, axis))
     e /= e.sum(axis=axis, keepdims=True)
     return e
 
@@ -63,7 +89,7 @@ class LogSoftmax(Function):
     def forward(self, x, axis=-1):
         xp = array_module(x)
         self.axis = axis
-        shifted = x - x.max(axis=axis, keepdims=True)
+        shifted = x - _exp_shift(x, axis)
         y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
         self.y = y
         return y
@@ -98,13 +124,12 @@ class CrossEntropy(Function):
             raise ValueError(f"cross_entropy: targets of shape {targets.shape} for logits {logits.shape}")
         _check_ids(targets, V, "cross_entropy targets")
         self.targets = targets
-        shifted = logits - logits.max(axis=1, keepdims=True)  # (N, V), max 0: exp cannot overflow
+        shifted = logits - _exp_shift(logits, axis=1)  # (N, V), at most 0: exp cannot overflow
         exp = xp.exp(shifted)  # (N, V)
-        sum_exp = exp.sum(axis=1)  # (N,)
-        rows = xp.arange(N)
-        # log p_target = shifted_target - log sum exp(shifted)
-        loss = (xp.log(sum_exp) - shifted[rows, targets]).mean()
-        exp /= sum_exp[:, None]  # now the probabilities p, reused by backward
+        sum_exp = _row_sum(exp)  # (N, 1)
+        # log p_target = shifted_target - log sum exp(shifted), averaged over the N rows
+        loss = (xp.log(sum_exp).sum() - shifted[xp.arange(N), targets].sum()) / N
+        exp /= sum_exp  # now the probabilities p, reused by backward
         self.probs = exp
         return loss.astype(logits.dtype)
 
@@ -344,8 +369,10 @@ class ScaledDotProductAttention(Function):
         for i in range(last, -1, -1):
             start, stop, keys = self.chunks[i]
             _attention_backward(self.q[..., start:stop, :], self.k[..., :keys, :], self.v[..., :keys, :],
-                                self.att[i], self.keep[i], self.scale, dy[..., start:stop, :],
+                                self.att[i], self.keep[i], dy[..., start:stop, :],
                                 dq[..., start:stop, :], dk[..., :keys, :], dv[..., :keys, :], add=i < last)
+        dq *= self.scale  # the scores were (q k^T) / sqrt(hs): the same factor on both gradients
+        dk *= self.scale
 
 
 QUERY_CHUNK = 64  # queries per chunk of causal attention on the CPU (see ScaledDotProductAttention)
@@ -368,19 +395,23 @@ def _attention_forward(q, k, v, att, y, keep, scale, mask):
     """Attention forward for queries q against the keys they see: fills att (B, nh, Tq, Tk)
     and y (B, nh, Tq, hs), Tq and Tk being a chunk's rows and keys."""
     xp = array_module(q)
-    xp.matmul(q, k.swapaxes(-1, -2), out=att)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
-    att *= scale
-    if mask is not None:
-        att += mask  # -inf on the future: exp gives 0 there
-    att -= att.max(axis=-1, keepdims=True)  # the largest exponent is 0: no overflow
+    xp.matmul(q * scale, k.swapaxes(-1, -2), out=att)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+    shift = _narrow_max(att)  # taken before the mask: its -inf would widen the range
+    if shift is not None:
+        att += -shift if mask is None else mask - shift  # one pass: -inf on the future, exp gives 0
+    else:  # a wide range: the max of each row, over the keys its query sees
+        if mask is not None:
+            att += mask
+        att -= att.max(axis=-1, keepdims=True)
     xp.exp(att, out=att)
     att /= _row_sum(att)
     xp.matmul(att if keep is None else att * keep, v, out=y)  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
 
 
-def _attention_backward(q, k, v, att, keep, scale, dy, dq, dk, dv, *, add):
+def _attention_backward(q, k, v, att, keep, dy, dq, dk, dv, *, add):
     """Attention backward: fills dq (B, nh, Tq, hs), and dk, dv (B, nh, Tk, hs) from dy
-    (B, nh, Tq, hs); with add=True, adds to dk and dv instead (another chunk wrote them)."""
+    (B, nh, Tq, hs); with add=True, adds to dk and dv instead (another chunk wrote them).
+    dq and dk come out without the forward's 1/sqrt(hs), which the caller applies once."""
     attd = att if keep is None else att * keep  # (B, nh, Tq, Tk): the weights that multiplied v
     _matmul_into(attd.swapaxes(-1, -2), dy, dv, add)  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
     datt = dy @ v.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
@@ -389,7 +420,6 @@ def _attention_backward(q, k, v, att, keep, scale, dy, dq, dk, dv, *, add):
     ds = datt  # ds = att * (datt - rowsum(datt * att)), in datt's buffer
     ds -= _row_sum(datt * att)  # (B, nh, Tq, 1)
     ds *= att
-    ds *= scale  # the 1/sqrt(hs) of the forward, applied once for dq and dk
     array_module(q).matmul(ds, k, out=dq)  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
     _matmul_into(ds.swapaxes(-1, -2), q, dk, add)  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
 
