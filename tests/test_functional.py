@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from nanograd import Tensor, gradcheck
+from nanograd import Tensor, backend, gradcheck
 from nanograd import functional as F
 from nanograd.ops import nn as nn_ops
 from tests.strategies import FixedRandom
@@ -183,6 +183,25 @@ def test_gelu_is_the_tanh_approximation():
     x = np.linspace(-5, 5, 41)
     expected = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
     np.testing.assert_allclose(F.gelu(Tensor(x)).data, expected, atol=1e-12)
+
+
+def test_gelu_block_by_block_matches_one_piece_and_passes_gradcheck(monkeypatch):
+    """On the CPU, GELU runs in blocks of rows (backend.in_blocks): made 2 rows of 4 here."""
+    x = randn(3, 5, 4, seed=3, scale=2)
+    g = randn(3, 5, 4, seed=4)
+
+    def run():
+        t = Tensor(x, requires_grad=True)
+        y = F.gelu(t)
+        (y * Tensor(g)).sum().backward()
+        return y.data, t.grad
+
+    whole = run()
+    monkeypatch.setattr(backend, "BLOCK_ELEMENTS", 8)
+    blocked = run()
+    for a, b in zip(blocked, whole):
+        np.testing.assert_array_equal(a, b)
+    assert gradcheck(F.gelu, Tensor(x, requires_grad=True))
 
 
 def test_relu():

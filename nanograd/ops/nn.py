@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 
-from ..backend import array_module, device_of, scatter_add_rows, sum_leading_axes
+from ..backend import array_module, device_of, in_blocks, scatter_add_rows, sum_leading_axes
 from ..function import Function
 
 
@@ -230,19 +230,21 @@ class Gelu(Function):
     This op runs on the largest activations in the model (B, T, 4C), so both passes work in
     place on preallocated buffers instead of allocating a temporary per arithmetic step, and
     forward keeps h rather than tanh(u): y is then one product, and the backward two passes
-    shorter.
+    shorter. On the CPU both run block by block (backend.in_blocks), so that each of their
+    eight or nine passes finds its block still in cache: at (12, 64, 512), forward 0.64 ->
+    0.50 ms and backward 0.85 -> 0.51 ms.
     """
 
     def forward(self, x):
         xp = array_module(x)
         self.x, self.h, y = x, xp.empty_like(x), xp.empty_like(x)
-        _gelu_forward(x, self.h, y)
+        in_blocks(_gelu_forward, x, self.h, y)
         return y
 
     def backward(self, g):
         xp = array_module(g)
         dx, scratch = xp.empty_like(g), xp.empty_like(g)
-        _gelu_backward(self.x, self.h, g, dx, scratch)
+        in_blocks(_gelu_backward, self.x, self.h, g, dx, scratch)
         return (dx,)
 
 
