@@ -93,7 +93,7 @@ def nanograd_trainer(config: TrainConfig) -> tuple[Any, DataParallel, Step]:
     # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
     opt = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
     try:
-        parallel = DataParallel(model, config.data_parallel_workers())
+        parallel = DataParallel(model, config.data_parallel_workers(), opt)
     except SharedMemoryTooSmall as exc:
         raise SystemExit(f"error: {exc} (--workers 1 needs none)") from None
     x, y = random_batch(config)

@@ -87,7 +87,8 @@ def estimate_loss(parallel: DataParallel, batches: list[tuple[np.ndarray, np.nda
 
 def train_step(parallel: DataParallel, optimizer: optim.AdamW, x: np.ndarray, y: np.ndarray,
                config: TrainConfig, device: str) -> tuple[float, float]:
-    """One update: forward, backward (each worker process on a slice of the batch), clip, AdamW.
+    """One update: forward, backward (each worker process on a slice of the batch), clip, AdamW
+    (also shared out between the processes).
 
     Returns (loss, gradient norm before clipping). A non-finite loss returns before the
     update, so the model stays as it was.
@@ -99,7 +100,7 @@ def train_step(parallel: DataParallel, optimizer: optim.AdamW, x: np.ndarray, y:
         return loss_value, math.nan
     # the norm before clipping is the health signal (max_norm inf only measures it)
     grad_norm = optim.clip_grad_norm(parallel.params, config.grad_clip or math.inf)
-    optimizer.step()
+    parallel.step(optimizer)
     return loss_value, grad_norm
 
 
@@ -150,8 +151,10 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     if model is None:
         model = build_model(config, tokenizer.vocab_size).to(device)
     n_params = model.num_parameters()
-    try:
-        parallel = DataParallel(model, config.data_parallel_workers())
+    optimizer = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                            betas=(config.beta1, config.beta2))
+    try:  # the workers share the optimizer's step too (see DataParallel)
+        parallel = DataParallel(model, config.data_parallel_workers(), optimizer)
     except SharedMemoryTooSmall as exc:
         log(f"{exc}: training in one process (a container can be given more: docker run --shm-size)")
         parallel = DataParallel(model, 1)
@@ -161,8 +164,6 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
         f"{len(dataset.train):,} train / {len(dataset.val):,} val tokens, device {device}")
     if parallel.workers > 1:
         log(f"{parallel.workers} processes, each on a slice of every batch (--workers to change)")
-    optimizer = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
-                            betas=(config.beta1, config.beta2))
     batch_rng = np.random.default_rng(config.seed)
     eval_batches = {split: dataset.fixed_batches(split, config.eval_iters, config.batch_size,
                                                  config.block_size, seed=config.seed + 1)

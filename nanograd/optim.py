@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import backend
@@ -78,7 +78,9 @@ class SGD(Optimizer):
 
 
 class _FlatGroup:
-    """One parameter group stored in a single flat array; each p.data becomes a view of it."""
+    """One parameter group stored in flat arrays; each p.data becomes a view of `data`."""
+
+    ARRAYS = ("data", "m", "v", "grad", "scratch")  # what arrays() returns, in this order
 
     def __init__(self, params: list[Parameter]):
         self.params = params
@@ -86,23 +88,40 @@ class _FlatGroup:
         self.sizes = [p.size for p in params]
         self.starts = [0, *itertools.accumulate(self.sizes)]  # p_i lies at data[starts[i]:starts[i + 1]]
         self.data = xp.concatenate([p.data.reshape(-1) for p in params])
-        for p, start, end in zip(params, self.starts, self.starts[1:]):
-            p.data = self.data[start:end].reshape(p.shape)
         self.m = xp.zeros_like(self.data)  # first moment (mean of g)
         self.v = xp.zeros_like(self.data)  # second moment (mean of g^2)
+        self.grad = xp.empty_like(self.data)  # the parameters' gradients, gathered at each step
         self.scratch = xp.empty_like(self.data)
+        self._view_params()
 
-    def flat_grad(self) -> Any:
+    def _view_params(self) -> None:
+        for p, start, end in zip(self.params, self.starts, self.starts[1:]):
+            p.data = self.data[start:end].reshape(p.shape)
+
+    def arrays(self) -> list[Any]:
+        return [getattr(self, name) for name in self.ARRAYS]
+
+    def move_to(self, arrays: list[Any]) -> None:
+        """Keep the flat arrays in `arrays` from now on (same shapes, in ARRAYS order; shared
+        memory, for nanograd.parallel), their values copied over; the parameters follow."""
+        for name, new in zip(self.ARRAYS, arrays):
+            new[...] = getattr(self, name)
+            setattr(self, name, new)
+        self._view_params()
+
+    def gather_grads(self) -> None:
+        """Every parameter's gradient into `grad` (zeros for a parameter without one)."""
         xp = backend.array_module(self.data)
-        return xp.concatenate([
-            p.grad.reshape(-1) if p.grad is not None else xp.zeros(n, self.data.dtype)
-            for p, n in zip(self.params, self.sizes)
-        ])
+        xp.concatenate([p.grad.reshape(-1) if p.grad is not None else xp.zeros(n, self.data.dtype)
+                        for p, n in zip(self.params, self.sizes)], out=self.grad)
 
     def slices_without_grad(self) -> list[slice]:
         """Where in the flat buffer the parameters that got no gradient this step lie."""
         return [slice(start, end) for p, start, end in zip(self.params, self.starts, self.starts[1:])
                 if p.grad is None]
+
+
+Updates = list[tuple[_FlatGroup, dict[str, Any]]]  # each flat group, with its update's hyperparameters
 
 
 class AdamW(Optimizer):
@@ -125,18 +144,27 @@ class AdamW(Optimizer):
                      for g in self.groups for dtype in dict.fromkeys(p.dtype for p in g["params"])]
         self.t = 0
 
-    def step(self) -> None:
+    def step(self, run_updates: Callable[[Updates], None] | None = None) -> None:
+        """One update of every parameter that has a gradient. The element-wise update of each
+        flat group runs here, unless run_updates is given: then it runs them (DataParallel.step
+        shares them out between processes)."""
         self.t += 1
+        updates: Updates = []
+        skipped = []  # the whole buffer is updated, then the parameters without a gradient are put back
         for group, flat in self.flat:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            skipped = [(s, flat.data[s].copy(), flat.m[s].copy(), flat.v[s].copy())
-                       for s in flat.slices_without_grad()]  # the whole buffer is updated, then these are put back
-            update = functools.partial(_adamw_update, lr=lr, beta1=beta1, beta2=beta2, eps=eps, wd=wd, t=self.t)
-            # block by block, so that the dozen passes find each block still in cache (1.3x
-            # faster than whole-buffer passes at 0.8M and 7M parameters, benchmarks/RESULTS.md)
-            backend.in_blocks(update, flat.data, flat.m, flat.v, flat.flat_grad(), flat.scratch)
-            for s, data, m, v in skipped:
-                flat.data[s], flat.m[s], flat.v[s] = data, m, v
+            skipped += [(flat, s, flat.data[s].copy(), flat.m[s].copy(), flat.v[s].copy())
+                        for s in flat.slices_without_grad()]
+            flat.gather_grads()
+            beta1, beta2 = group["betas"]
+            updates.append((flat, dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                       wd=group["weight_decay"], t=self.t)))
+        if run_updates is None:
+            for flat, hyper in updates:
+                adamw_update(flat.arrays(), hyper)
+        else:
+            run_updates(updates)
+        for flat, s, data, m, v in skipped:
+            flat.data[s], flat.m[s], flat.v[s] = data, m, v
 
     def state_dict(self) -> dict[str, Any]:
         """Moments as NumPy arrays and the step count: enough to resume exactly."""
@@ -154,6 +182,19 @@ class AdamW(Optimizer):
                 if value.shape != flat.m.shape:
                     raise ValueError(f"optimizer state group{i}.{name}: shape {value.shape}, expected {flat.m.shape}")
                 getattr(flat, name)[...] = backend.to_device(value, backend.device_of(flat.m))
+
+
+def adamw_update(arrays: list[Any], hyper: dict[str, Any], part: int = 0, parts: int = 1) -> None:
+    """Piece `part` of `parts` equal pieces of one flat group's update, in place; arrays are
+    the group's (data, m, v, grad, scratch), hyper the update's keywords (_adamw_update).
+
+    Block by block, so that the dozen passes find each block still in cache (1.3x faster than
+    whole-buffer passes at 0.8M and 7M parameters, benchmarks/RESULTS.md). Each element's
+    update involves that element alone, so the pieces may run in any order, or at once in
+    different processes, and give the same numbers as one piece."""
+    n = len(arrays[0])
+    lo, hi = n * part // parts, n * (part + 1) // parts
+    backend.in_blocks(functools.partial(_adamw_update, **hyper), *(a[lo:hi] for a in arrays))
 
 
 def _adamw_update(data, m, v, g, scratch, *, lr, beta1, beta2, eps, wd, t) -> None:

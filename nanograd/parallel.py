@@ -23,6 +23,7 @@ is the slices' gradients weighted by their sizes: slice i starts its backward fr
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import pickle
@@ -37,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from threadpoolctl import ThreadpoolController, threadpool_info
 
-from . import backend
+from . import backend, optim
 from .function import is_grad_enabled, no_grad
 from .nn.module import Module, Parameter
 from .tensor import Tensor
@@ -121,48 +122,78 @@ def _check_shared_memory(needed: int) -> None:
                                    f"and /dev/shm has {free / 2**20:.1f} MiB free")
 
 
-def _block_layout(params: list[Parameter]) -> tuple[list[int], int]:
-    """(where each parameter's array starts in a shared block, the block's size in bytes).
-    Each array starts on a 64-byte boundary, as NumPy's own allocations are aligned for SIMD
-    loads; the size is at least 64 because SharedMemory refuses 0 bytes."""
+Layout = list[tuple[tuple[int, ...], Any]]  # (shape, dtype) of each array in a shared block
+
+
+def _layout(arrays: list[Any]) -> Layout:
+    return [(a.shape, a.dtype) for a in arrays]
+
+
+def _block_layout(layout: Layout) -> tuple[list[int], int]:
+    """(where each array starts in a shared block, the block's size in bytes). Each array
+    starts on a 64-byte boundary, as NumPy's own allocations are aligned for SIMD loads; the
+    size is at least 64 because SharedMemory refuses 0 bytes."""
     offsets, size = [], 0
-    for p in params:
+    for shape, dtype in layout:
         offsets.append(size)
-        size += -(-p.data.nbytes // 64) * 64  # rounded up to a multiple of 64
+        size += -(-math.prod(shape) * np.dtype(dtype).itemsize // 64) * 64  # rounded up to a multiple of 64
     return offsets, max(size, 64)
 
 
-class _SharedArrays:
-    """One block of shared memory holding an array shaped like each parameter, made by the
-    caller, or opened by name in a worker."""
+_still_mapped: list[SharedMemory] = []  # blocks whose arrays outlived release(): see there
 
-    def __init__(self, params: list[Parameter], name: str | None = None):
-        offsets, size = _block_layout(params)
+
+class _SharedArrays:
+    """One block of shared memory holding an array of each (shape, dtype) of a layout, made
+    by the caller, or opened by name in a worker."""
+
+    def __init__(self, layout: Layout, name: str | None = None):
+        offsets, size = _block_layout(layout)
         self.block = SharedMemory(name=name, create=name is None, size=size if name is None else 0)
-        self.arrays = [np.ndarray(p.shape, p.dtype, buffer=self.block.buf, offset=offset)
-                       for p, offset in zip(params, offsets)]
+        self.arrays = [np.ndarray(shape, dtype, buffer=self.block.buf, offset=offset)
+                       for (shape, dtype), offset in zip(layout, offsets)]
 
     def release(self) -> None:
-        """Close the block and remove it from the system (the caller's, once the workers are gone)."""
+        """Close the block and remove it from the system (the caller's, once the workers are
+        gone). If a view of it is still alive somewhere (a graph that saved a weight), the
+        mapping stays until the process ends; the name goes at once."""
         self.arrays = []  # the views must go before the mapping can be closed
-        self.block.close()
+        try:
+            self.block.close()
+        except BufferError:
+            _still_mapped.append(self.block)
         self.block.unlink()
 
 
-def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> None:
+class _Update(NamedTuple):
+    """A worker's piece of an AdamW step: for each flat group (index into the optimizer's
+    flat groups, update keywords), piece `part` of `parts` (optim.adamw_update)."""
+
+    groups: list[tuple[int, dict[str, Any]]]
+    part: int
+    parts: int
+
+
+def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
+           state: list[tuple[str, Layout]], places: list[tuple[int, int] | None]) -> None:
     """A worker process: run each task it is sent, until the caller closes the pipe.
 
-    Its parameters view the shared weights, which the caller refreshes before every task; the
-    gradient of each slice goes into this worker's shared block. Replies: ("ready",) once, then
-    per task ("ok", weighted loss, which parameters got a gradient) or ("error", message).
-    Ctrl-C is the caller's to handle, so SIGINT is ignored: on POSIX from birth (inherited
-    through _spawning), on Windows, whose new processes do not inherit it, from here."""
+    A parameter that the caller's optimizer holds (places[i] = (flat group, start)) views that
+    group's shared weights, which are updated in place; any other views the shared weight
+    block, which the caller refreshes before every task. The gradient of each slice goes into
+    this worker's shared block. Messages: a _Task (a slice: forward and backward) or an
+    _Update (a piece of the optimizer's step). Replies: ("ready",) once, then per message
+    ("ok", weighted loss, which parameters got a gradient), ("ok",) for an update, or
+    ("error", message). Ctrl-C is the caller's to handle, so SIGINT is ignored: on POSIX from
+    birth (inherited through _spawning), on Windows, whose new processes do not inherit it,
+    from here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     backend.keep_freed_memory()
     params = model.parameters()
-    weights, gradients = _SharedArrays(params, weights_name), _SharedArrays(params, gradients_name)
-    for p, shared in zip(params, weights.arrays):
-        p.data = shared
+    weights, gradients = _SharedArrays(_layout(params), weights_name), _SharedArrays(_layout(params), gradients_name)
+    flats = [_SharedArrays(layout, name) for name, layout in state]  # each: (data, m, v, grad, scratch)
+    for p, shared, place in zip(params, weights.arrays, places):
+        p.data = shared if place is None else flats[place[0]].arrays[0][place[1] : place[1] + p.size].reshape(p.shape)
     conn.send(("ready",))
     with _one_blas_thread():
         while True:
@@ -172,6 +203,11 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str) -> 
                 return
             try:  # unpickled here, so that a loss_fn this process cannot import is one error
                 task = pickle.loads(message)
+                if isinstance(task, _Update):
+                    for group, hyper in task.groups:
+                        optim.adamw_update(flats[group].arrays, hyper, task.part, task.parts)
+                    conn.send(("ok",))
+                    continue
                 model.train(task.training)
                 for p, needs in zip(params, task.requires_grad):
                     p.grad, p.requires_grad = None, needs
@@ -243,23 +279,41 @@ def _ask(conn: Any, process: Any, task: _Task) -> tuple:
 
 class _Workers:
     """The worker processes, their pipes and shared blocks, and the threads that talk to them
-    (a thread waits for each answer, so a Ctrl-C in the caller never cuts a message in half)."""
+    (a thread waits for each answer, so a Ctrl-C in the caller never cuts a message in half).
+    With an optimizer, its flat groups move into shared memory too, for as long as the
+    workers run: each process then updates a part of them, and the weights it holds need no
+    copying to the workers."""
 
-    def __init__(self, model: Module, params: list[Parameter], count: int):
-        self.conns, self.processes, self.gradients, self.weights = [], [], [], None
+    def __init__(self, model: Module, params: list[Parameter], count: int, optimizer: optim.AdamW | None):
+        self.conns, self.processes, self.gradients, self.weights, self.state = [], [], [], None, []
+        self.flats = [flat for _, flat in optimizer.flat] if optimizer is not None else []
+        self.optimizer = optimizer
         self.messengers = ThreadPoolExecutor(count, thread_name_prefix="nanograd-worker")
         try:  # a failure part way (the model cannot be pickled, a worker cannot start) cleans up
-            _, block_bytes = _block_layout(params)
-            _check_shared_memory((count + 1) * block_bytes)  # the weights, and a gradient block per worker
-            self.weights = _SharedArrays(params)
-            self.gradients = [_SharedArrays(params) for _ in range(count)]
+            layout = _layout(params)
+            state_layouts = [_layout(flat.arrays()) for flat in self.flats]
+            _check_shared_memory((count + 1) * _block_layout(layout)[1]  # the weights, a gradient block per worker
+                                 + sum(_block_layout(lay)[1] for lay in state_layouts))
+            self.weights = _SharedArrays(layout)
+            self.gradients = [_SharedArrays(layout) for _ in range(count)]
+            for flat, state_layout in zip(self.flats, state_layouts):
+                self.state.append(_SharedArrays(state_layout))
+                flat.move_to(self.state[-1].arrays)
+            # each parameter's place in the optimizer's flat groups: (group, start), or None
+            place_of = {id(p): (g, start) for g, flat in enumerate(self.flats)
+                        for p, start in zip(flat.params, flat.starts)}
+            places = [place_of.get(id(p)) for p in params]
+            self.copied = [(shared, p) for shared, p, place in zip(self.weights.arrays, params, places)
+                           if place is None]  # the weights to copy over before each call
+            self.placed = [(p, p.data) for p, place in zip(params, places) if place is not None]
+            state_names = [(shared.block.name, lay) for shared, lay in zip(self.state, state_layouts)]
             context = multiprocessing.get_context("spawn")
             with _spawning():
                 for gradients in self.gradients:
                     mine, theirs = context.Pipe()
                     self.conns.append(mine)
                     process = context.Process(target=_serve, daemon=True, args=(
-                        theirs, model, self.weights.block.name, gradients.block.name))
+                        theirs, model, self.weights.block.name, gradients.block.name, state_names, places))
                     process.start()
                     self.processes.append(process)
                     theirs.close()
@@ -270,6 +324,15 @@ class _Workers:
         except BaseException:
             self.close()
             raise
+
+    def refresh_weights(self) -> None:
+        """Before a call: the weights that the workers do not already share, copied over."""
+        for p, shared in self.placed:
+            if p.data is not shared:
+                raise RuntimeError("DataParallel: a parameter's array was replaced (p.data = ...) while "
+                                   "the workers share it; write into it instead (p.data[...] = ...)")
+        for shared, p in self.copied:
+            shared[...] = p.data
 
     def kill(self) -> None:
         """Stop the workers at once, mid-task (their pipes then report them stopped)."""
@@ -284,7 +347,9 @@ class _Workers:
             if process.is_alive():
                 process.kill()
         self.messengers.shutdown()
-        for shared in [self.weights, *self.gradients]:
+        for flat, shared in zip(self.flats, self.state):  # the optimizer goes on in private memory
+            flat.move_to([np.empty_like(a) for a in shared.arrays])
+        for shared in [self.weights, *self.gradients, *self.state]:
             if shared is not None:
                 shared.release()
 
@@ -302,9 +367,16 @@ class DataParallel:
     `if __name__ == "__main__":` guard. Only for models on the CPU: a GPU already runs each op
     on all its cores. close(), or the end of a `with` block, stops the workers (garbage
     collection and the end of the program do too).
+
+    Given the model's AdamW, `step(optimizer)` shares its update out: every process updates an
+    equal part of each flat buffer at once, instead of this one alone while the others wait.
+    For that, the optimizer's buffers (weights, moments, gradient) live in shared memory while
+    the workers run, which also saves copying those weights to the workers at every call.
+    Write new weights into the arrays (p.data[...] = w), as the checkpoint loader does; a
+    parameter whose array is replaced meanwhile is refused at the next call.
     """
 
-    def __init__(self, model: Module, workers: int):
+    def __init__(self, model: Module, workers: int, optimizer: optim.AdamW | None = None):
         if workers < 1:
             raise ValueError(f"DataParallel: workers must be at least 1, got {workers}")
         self.model, self.workers = model, workers
@@ -313,7 +385,7 @@ class DataParallel:
         if workers > 1:
             if any(p.device != "cpu" for p in self.params):
                 raise ValueError("DataParallel with several workers runs on the CPU only")
-            self._pool = _Workers(model, self.params, workers - 1)
+            self._pool = _Workers(model, self.params, workers - 1, optimizer)
             self._closer = weakref.finalize(self, self._pool.close)
 
     def __enter__(self) -> DataParallel:
@@ -360,6 +432,42 @@ class DataParallel:
             self._sum_gradients(earlier, worker_grads)
         return float(sum(losses))
 
+    def step(self, optimizer: optim.AdamW) -> None:
+        """optimizer.step(). If it is the optimizer given to the constructor, each process
+        updates its own part of every flat group, all at the same time (AdamW's update is
+        element-wise, so the numbers are those of one process doing it all)."""
+        pool = self._pool
+        if pool is None or self._closed or pool.optimizer is not optimizer:
+            optimizer.step()
+            return
+        optimizer.step(run_updates=self._update_in_parts)
+
+    def _update_in_parts(self, updates: optim.Updates) -> None:
+        """Run AdamW's updates: piece 0 of each flat group here, piece i in worker i."""
+        groups = [(self._pool.flats.index(flat), hyper) for flat, hyper in updates]
+        parts = len(self._pool.conns) + 1
+        messages = [_Update(groups, part, parts) for part in range(1, parts)]
+        self._on_all_workers(messages, lambda: [optim.adamw_update(flat.arrays(), hyper, 0, parts)
+                                                for flat, hyper in updates])
+
+    def _on_all_workers(self, messages: list[Any], own: Callable[[], Any]) -> tuple[Any, list[tuple]]:
+        """Send messages[i] to worker i + 1 and run own() here meanwhile. Returns (what own
+        returned, the workers' answers in order) once every worker has answered; raises
+        RuntimeError for the first worker that failed."""
+        pool = self._pool
+        futures: list[Future] = []
+        try:
+            for conn, process, message in zip(pool.conns, pool.processes, messages):
+                futures.append(pool.messengers.submit(_ask, conn, process, message))
+            result = own()
+        finally:
+            _wait_for_all(futures, give_up=pool.kill)
+        answers = [f.result() for f in futures]
+        for i, answer in enumerate(answers, start=1):
+            if answer[0] == "error":
+                raise RuntimeError(f"DataParallel worker {i}: {answer[1]}")
+        return result, answers
+
     def _run_slices(self, loss_fn: Callable[..., Tensor], slices: list[tuple], n: int,
                     backward: bool) -> tuple[list[float], list[list[Any]]]:
         """Slice 0 here, the others in the workers: (each slice's weighted loss, each worker's
@@ -372,20 +480,9 @@ class DataParallel:
         caller = dict(backward=backward, training=self.model.training,
                       requires_grad=[p.requires_grad for p in self.params], grad_enabled=is_grad_enabled())
         tasks = [_Task(loss_fn, part, seed, len(part[0]) / n, **caller) for part, seed in zip(slices, seeds)]
-        for shared, p in zip(pool.weights.arrays, self.params):
-            shared[...] = p.data  # the workers see the weights as they are now
-        futures: list[Future] = []
-        try:
-            for conn, process, task in zip(pool.conns, pool.processes, tasks[1:]):
-                futures.append(pool.messengers.submit(_ask, conn, process, task))
-            with _one_blas_thread():
-                own = _run_task(self.model, tasks[0])
-        finally:
-            _wait_for_all(futures, give_up=pool.kill)
-        answers = [f.result() for f in futures]  # in order
-        for i, answer in enumerate(answers, start=1):
-            if answer[0] == "error":
-                raise RuntimeError(f"DataParallel worker {i}: {answer[1]}")
+        pool.refresh_weights()  # the workers see the weights as they are now
+        with _one_blas_thread():
+            own, answers = self._on_all_workers(tasks[1:], lambda: _run_task(self.model, tasks[0]))
         grads = [[g if present else None for g, present in zip(shared.arrays, answer[2])]
                  for answer, shared in zip(answers, pool.gradients)]
         return [own] + [answer[1] for answer in answers], grads

@@ -156,6 +156,60 @@ def test_workers_follow_the_optimizer_and_the_mode():
     parallel.close()
 
 
+def trained(share: bool, steps: int = 3) -> tuple[GPT, optim.AdamW, float]:
+    """A tiny GPT after `steps` AdamW steps on two processes, the optimizer's update shared
+    out between them (given to DataParallel) or run by this process alone; and the loss that
+    both processes then compute with the new weights."""
+    model = tiny_gpt()
+    opt = optim.AdamW(model.parameters(), lr=0.1)
+    with DataParallel(model, 2, opt if share else None) as parallel:
+        for i in range(steps):
+            opt.zero_grad()
+            parallel.loss(loss_of, *batch(4, seed=i), backward=True)
+            parallel.step(opt)
+        loss = parallel.loss(loss_of, *batch(4, seed=steps))
+    return model, opt, loss
+
+
+def test_a_shared_optimizer_step_gives_the_numbers_of_one_process():
+    """Each process updates a part of the flat buffers: weights, moments and the next loss are
+    bit for bit those of this process updating everything, and they are still there (back in
+    private memory) once the workers are closed."""
+    (model, opt, loss), (model_alone, opt_alone, loss_alone) = trained(share=True), trained(share=False)
+    assert loss == loss_alone
+    for p, q in zip(model.parameters(), model_alone.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    for (name, a), b in zip(opt.state_dict().items(), opt_alone.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    flat = opt.flat[0][1]
+    assert all(np.shares_memory(p.data, flat.data) for p in model.parameters())
+    model.zero_grad()
+    loss_of(model, *batch(4)).backward()
+    opt.step()  # the optimizer goes on after close
+
+
+def test_a_replaced_weight_array_is_refused():
+    """The workers view the optimizer's weights in shared memory: an array swapped in for one
+    would silently part the processes' models, so the next call refuses."""
+    model = tiny_gpt()
+    opt = optim.AdamW(model.parameters(), lr=0.1)
+    with DataParallel(model, 2, opt) as parallel:
+        p = model.parameters()[0]
+        p.data = p.data.copy()
+        with pytest.raises(RuntimeError, match=r"p\.data\[\.\.\.\]"):
+            parallel.loss(loss_of, *batch(4))
+
+
+def test_a_worker_that_dies_before_the_shared_update_is_reported():
+    model = tiny_gpt()
+    opt = optim.AdamW(model.parameters(), lr=0.1)
+    with DataParallel(model, 2, opt) as parallel:
+        parallel.loss(loss_of, *batch(4), backward=True)
+        parallel._pool.kill()
+        with pytest.raises(RuntimeError, match="worker 1.*stopped"):
+            parallel.step(opt)
+
+
 def test_dropout_draws_a_seeded_stream_per_slice():
     """Each slice's dropout stream is seeded from nanograd's CPU generator: the total is the mean
     of the two slices' losses, each computed here with its own seed, and the masks differ."""
@@ -308,9 +362,12 @@ def test_a_parameter_frozen_later_gets_no_gradient(two_workers):
     assert frozen.grad is None and model.transformer.wte.weight.grad is not None
 
 
-def test_close_stops_the_workers_and_frees_the_shared_memory(two_workers):
-    _, parallel = two_workers
-    blocks = [shared.block.name for shared in [parallel._pool.weights, *parallel._pool.gradients]]
+def test_close_stops_the_workers_and_frees_the_shared_memory():
+    model = tiny_gpt()
+    parallel = DataParallel(model, 2, optim.AdamW(model.parameters()))
+    pool = parallel._pool
+    blocks = [shared.block.name for shared in [pool.weights, *pool.gradients, *pool.state]]
+    assert len(blocks) == 3  # the weights, the worker's gradients, the optimizer's flat group
     processes = parallel._pool.processes
     parallel.close()
     assert not any(p.is_alive() for p in processes)
