@@ -18,6 +18,12 @@ copied into a block that the workers' parameters view, and each worker writes it
 into a block of its own, which the caller adds to the model's .grad in worker order (a seeded
 run repeats exactly). The loss is a mean over the batch, so the gradient of the whole batch
 is the slices' gradients weighted by their sizes: slice i starts its backward from n_i / N.
+
+The optimizer step, given the optimizer: its flat buffers (weights, moments, gradient) move
+into shared memory, the workers' parameters view those weights (nothing to copy per call),
+and each process updates an equal part of them at once, where the caller alone would update
+everything while the workers wait: at the baby model's size the step took 2.8 ms of a 30 ms
+step, and at width 384 (7.1M parameters) 28 ms of 210 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -274,12 +274,19 @@ def test_a_failed_call_leaves_the_gradients_as_they_were(two_workers):
 
 
 def test_a_model_that_cannot_be_sent_leaves_nothing_behind():
+    """Nor does it take the optimizer's buffers with it: they are back in private memory."""
     model = tiny_gpt()
+    opt = optim.AdamW(model.parameters(), lr=0.1)
+    weights = [p.data.copy() for p in model.parameters()]
     model.note = lambda: None  # a lambda cannot be pickled
     blocks = shared_memory_blocks()
     with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
-        DataParallel(model, 2)
+        DataParallel(model, 2, opt)
     assert shared_memory_blocks() == blocks
+    flat = opt.flat[0][1]
+    for p, w in zip(model.parameters(), weights):
+        np.testing.assert_array_equal(p.data, w)
+        assert np.shares_memory(p.data, flat.data)
 
 
 def test_a_worker_that_cannot_start_is_reported_at_once(capfd):
