@@ -94,13 +94,14 @@ class TrainConfig:
         one per core (per BLAS thread), as long as
 
         - each process's slice keeps at least MIN_ACTIVATIONS_PER_WORKER activations (B T C /
-          workers). On smaller steps the fixed cost of a call (sending the slices, copying the
-          weights in and the gradients out) eats what the second core adds: on the 2-core
-          machine here, 2 processes lost 3-5% at 8K activations each, broke even near 12K and
-          won 15-24% at 16K-25K (train_speed.py --workers 1 and 2, baby model);
-        - the batch splits evenly enough: the step waits for the largest slice, and 3
-          sequences on 2 processes (2 + 1) won 10% at width 128 but lost 5% at 384 against one
-          process with a two-thread BLAS.
+          workers). On smaller steps the fixed cost of a call (sending the slices, the
+          gradients out) eats what the second core adds: on the 2-core machine here, with the
+          optimizer's step shared, 2 processes lost 2-6% at 4K activations each and won 5-8%
+          at 8K, 18-23% at 12K-16K (train_speed.py --workers 1 and 2, each against PyTorch in
+          the same run, baby model's width);
+        - the batch splits evenly enough: the step waits for the largest slice. 3 sequences on
+          2 processes (2 + 1) won 20% at width 128 and 4% at 384 (T 256) against one process
+          with a two-thread BLAS; a worse split was not measured.
 
         The bigram model and GPUs get one."""
         if self.device != "cpu":
@@ -122,8 +123,8 @@ class TrainConfig:
                          tie_weights=self.tie_weights)
 
 
-MIN_ACTIVATIONS_PER_WORKER = 16 * 1024  # see TrainConfig.data_parallel_workers
-MAX_SLICE_IMBALANCE = 1.2  # the largest slice may hold at most 20% more than an even share
+MIN_ACTIVATIONS_PER_WORKER = 8 * 1024  # see TrainConfig.data_parallel_workers
+MAX_SLICE_IMBALANCE = 4 / 3  # the largest slice may hold a third more than an even share (2 + 1)
 
 # Fields that fix the shape of the model: a checkpoint only loads into the same values.
 MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights")

@@ -435,11 +435,20 @@ def test_thread_generators_nest():
     (dict(workers=3, device="cuda"), 1),
     (dict(model="bigram"), 1),
     (dict(n_embd=8, n_head=2, batch_size=4, block_size=8), 1),  # too small a step to share
-    (dict(batch_size=3, block_size=256), 1),  # 2 + 1 sequences: the step waits for the 2
+    (dict(batch_size=4, block_size=16), 1),  # 4K activations per worker: too few
+    (dict(batch_size=4, block_size=32), 2),  # 8K: enough
+    (dict(batch_size=3, block_size=256), 2),  # 2 + 1 sequences beat one process
 ])
 def test_data_parallel_workers(monkeypatch, fields, expected):
     monkeypatch.setattr(run, "default_workers", lambda: 2)  # as on a 2-core machine
     assert TrainConfig(**fields).data_parallel_workers() == expected
+
+
+def test_data_parallel_workers_leave_no_slice_much_larger_than_the_rest(monkeypatch):
+    """5 sequences on 4 cores would be 2 + 1 + 1 + 1: the step waits for the 2 as long as on 3
+    processes (2 + 2 + 1), which is what it gets."""
+    monkeypatch.setattr(run, "default_workers", lambda: 4)
+    assert TrainConfig(batch_size=5, block_size=256).data_parallel_workers() == 3
 
 
 def test_training_with_two_workers_matches_one(tmp_path):
