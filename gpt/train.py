@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,21 @@ def train_step(parallel: DataParallel, optimizer: optim.AdamW, x: np.ndarray, y:
     return loss_value, grad_norm
 
 
+def _data_parallel(model: Any, workers: int, optimizer: optim.AdamW, log: Callable[[str], None]) -> DataParallel:
+    """The processes that share each step, the optimizer's update included; where /dev/shm has
+    no room for the optimizer's buffers, without it; where it has none for the gradients
+    either, one process."""
+    try:
+        return DataParallel(model, workers, optimizer)
+    except SharedMemoryTooSmall:
+        pass
+    try:
+        return DataParallel(model, workers)
+    except SharedMemoryTooSmall as exc:
+        log(f"{exc}: training in one process (a container can be given more: docker run --shm-size)")
+        return DataParallel(model, 1)
+
+
 def lr_at(config: TrainConfig, step: int) -> float:
     if not config.decay_lr:
         return optim.cosine_lr(step, config.lr, config.lr, config.warmup_iters, config.warmup_iters)
@@ -153,11 +169,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     n_params = model.num_parameters()
     optimizer = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                             betas=(config.beta1, config.beta2))
-    try:  # the workers share the optimizer's step too (see DataParallel)
-        parallel = DataParallel(model, config.data_parallel_workers(), optimizer)
-    except SharedMemoryTooSmall as exc:
-        log(f"{exc}: training in one process (a container can be given more: docker run --shm-size)")
-        parallel = DataParallel(model, 1)
+    parallel = _data_parallel(model, config.data_parallel_workers(), optimizer, log)
     if device == "cpu":  # saved with the run: resumed, it splits batches (and draws dropout) as before
         config = dataclasses.replace(config, workers=parallel.workers)
     log(f"{config.model}: {n_params:,} parameters, vocabulary {tokenizer.vocab_size}, "

@@ -101,10 +101,10 @@ class _FlatGroup:
     def arrays(self) -> list[Any]:
         return [getattr(self, name) for name in self.ARRAYS]
 
-    def move_to(self, arrays: list[Any]) -> None:
-        """Keep the flat arrays in `arrays` from now on (same shapes, in ARRAYS order; shared
-        memory, for nanograd.parallel), their values copied over; the parameters follow."""
-        for name, new in zip(self.ARRAYS, arrays):
+    def move_to(self, arrays: dict[str, Any]) -> None:
+        """Keep the named flat arrays (of ARRAYS) in the given ones from now on (same shapes;
+        shared memory, for nanograd.parallel), their values copied over; the parameters follow."""
+        for name, new in arrays.items():
             new[...] = getattr(self, name)
             setattr(self, name, new)
         self._view_params()
@@ -146,8 +146,9 @@ class AdamW(Optimizer):
 
     def step(self, run_updates: Callable[[Updates], None] | None = None) -> None:
         """One update of every parameter that has a gradient. The element-wise update of each
-        flat group runs here, unless run_updates is given: then it runs them (DataParallel.step
-        shares them out between processes)."""
+        flat group runs here, unless run_updates is given: it must run them all before it
+        returns (DataParallel.step shares them out between processes). If it fails part way,
+        the update is half done: the parameters without a gradient are still put back."""
         self.t += 1
         updates: Updates = []
         skipped = []  # the whole buffer is updated, then the parameters without a gradient are put back
@@ -158,13 +159,15 @@ class AdamW(Optimizer):
             beta1, beta2 = group["betas"]
             updates.append((flat, dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                                        wd=group["weight_decay"], t=self.t)))
-        if run_updates is None:
-            for flat, hyper in updates:
-                adamw_update(flat.arrays(), hyper)
-        else:
-            run_updates(updates)
-        for flat, s, data, m, v in skipped:
-            flat.data[s], flat.m[s], flat.v[s] = data, m, v
+        try:
+            if run_updates is None:
+                for flat, hyper in updates:
+                    adamw_update(flat.arrays(), hyper)
+            else:
+                run_updates(updates)
+        finally:
+            for flat, s, data, m, v in skipped:
+                flat.data[s], flat.m[s], flat.v[s] = data, m, v
 
     def state_dict(self) -> dict[str, Any]:
         """Moments as NumPy arrays and the step count: enough to resume exactly."""

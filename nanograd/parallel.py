@@ -146,9 +146,6 @@ def _block_layout(layout: Layout) -> tuple[list[int], int]:
     return offsets, max(size, 64)
 
 
-_still_mapped: list[SharedMemory] = []  # blocks whose arrays outlived release(): see there
-
-
 class _SharedArrays:
     """One block of shared memory holding an array of each (shape, dtype) of a layout, made
     by the caller, or opened by name in a worker."""
@@ -156,18 +153,23 @@ class _SharedArrays:
     def __init__(self, layout: Layout, name: str | None = None):
         offsets, size = _block_layout(layout)
         self.block = SharedMemory(name=name, create=name is None, size=size if name is None else 0)
-        self.arrays = [np.ndarray(shape, dtype, buffer=self.block.buf, offset=offset)
-                       for (shape, dtype), offset in zip(layout, offsets)]
+        if name is None:  # the caller's arrays hold the buffer: the mapping outlives any view (release)
+            self.arrays = [np.frombuffer(self.block.buf, dtype, math.prod(shape), offset).reshape(shape)
+                           for (shape, dtype), offset in zip(layout, offsets)]
+        else:  # a worker's last as long as the process
+            self.arrays = [np.ndarray(shape, dtype, buffer=self.block.buf, offset=offset)
+                           for (shape, dtype), offset in zip(layout, offsets)]
 
     def release(self) -> None:
-        """Close the block and remove it from the system (the caller's, once the workers are
-        gone). If a view of it is still alive somewhere (a graph that saved a weight), the
-        mapping stays until the process ends; the name goes at once."""
-        self.arrays = []  # the views must go before the mapping can be closed
+        """Remove the block from the system and close it (the caller's, once the workers are
+        gone). If a view of it is still alive elsewhere (an array from p.numpy(), a graph that
+        saved a weight), closing would pull the memory from under it: the mapping is then left
+        to that view, and goes with the last one."""
+        self.arrays = []
         try:
             self.block.close()
-        except BufferError:
-            _still_mapped.append(self.block)
+        except BufferError:  # views remain: drop the block's own references (CPython's
+            self.block._buf = self.block._mmap = None  # SharedMemory), so that close() at exit has nothing to do
         self.block.unlink()
 
 
@@ -181,14 +183,14 @@ class _Update(NamedTuple):
 
 
 def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
-           state: list[tuple[str, Layout]], places: list[tuple[int, int] | None]) -> None:
+           flat_blocks: list[tuple[str, Layout]], places: list[tuple[int, int] | None]) -> None:
     """A worker process: run each task it is sent, until the caller closes the pipe.
 
     A parameter that the caller's optimizer holds (places[i] = (flat group, start)) views that
-    group's shared weights, which are updated in place; any other views the shared weight
-    block, which the caller refreshes before every task. The gradient of each slice goes into
-    this worker's shared block. Messages: a _Task (a slice: forward and backward) or an
-    _Update (a piece of the optimizer's step). Replies: ("ready",) once, then per message
+    group's shared weights, which the processes update in place; any other views the shared
+    weight block, which the caller refreshes before every task. The gradient of each slice
+    goes into this worker's shared block. Messages: a _Task (a slice: forward and backward) or
+    an _Update (a piece of the optimizer's step). Replies: ("ready",) once, then per message
     ("ok", weighted loss, which parameters got a gradient), ("ok",) for an update, or
     ("error", message). Ctrl-C is the caller's to handle, so SIGINT is ignored: on POSIX from
     birth (inherited through _spawning), on Windows, whose new processes do not inherit it,
@@ -196,10 +198,16 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     backend.keep_freed_memory()
     params = model.parameters()
-    weights, gradients = _SharedArrays(_layout(params), weights_name), _SharedArrays(_layout(params), gradients_name)
-    flats = [_SharedArrays(layout, name) for name, layout in state]  # each: (data, m, v, grad, scratch)
-    for p, shared, place in zip(params, weights.arrays, places):
-        p.data = shared if place is None else flats[place[0]].arrays[0][place[1] : place[1] + p.size].reshape(p.shape)
+    copied = [p for p, place in zip(params, places) if place is None]
+    weights, gradients = _SharedArrays(_layout(copied), weights_name), _SharedArrays(_layout(params), gradients_name)
+    flats = [_SharedArrays(layout, name) for name, layout in flat_blocks]  # each: data, m, v, grad
+    scratch = [np.empty_like(flat.arrays[0]) for flat in flats]  # this process's own
+    for p, shared in zip(copied, weights.arrays):
+        p.data = shared
+    for p, place in zip(params, places):
+        if place is not None:
+            group, start = place
+            p.data = flats[group].arrays[0][start : start + p.size].reshape(p.shape)
     conn.send(("ready",))
     with _one_blas_thread():
         while True:
@@ -211,7 +219,7 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
                 task = pickle.loads(message)
                 if isinstance(task, _Update):
                     for group, hyper in task.groups:
-                        optim.adamw_update(flats[group].arrays, hyper, task.part, task.parts)
+                        optim.adamw_update([*flats[group].arrays, scratch[group]], hyper, task.part, task.parts)
                     conn.send(("ok",))
                     continue
                 model.train(task.training)
@@ -243,6 +251,20 @@ def _spawning() -> Iterator[None]:
     itself). Only the main thread may change signal handlers."""
     saved_environment = {name: os.environ.get(name) for name in _ONE_THREAD_ENVIRONMENT}
     os.environ.update(_ONE_THREAD_ENVIRONMENT)
+    try:
+        with _sigint_ignored():
+            yield
+    finally:
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C ignored for a moment (in the main thread: only it may change signal handlers)."""
     main_thread = threading.current_thread() is threading.main_thread()
     saved_handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
     try:
@@ -250,11 +272,6 @@ def _spawning() -> Iterator[None]:
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, saved_handler)
-        for name, value in saved_environment.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _stopped(process: Any) -> tuple:
@@ -283,43 +300,51 @@ def _ask(conn: Any, process: Any, task: _Task) -> tuple:
     return _receive(conn, process)
 
 
+SHARED_FLAT = ("data", "m", "v", "grad")  # what the processes share of an optimizer's flat group
+_shared_optimizers: weakref.WeakSet = weakref.WeakSet()  # those whose buffers a DataParallel holds now
+
+
 class _Workers:
     """The worker processes, their pipes and shared blocks, and the threads that talk to them
     (a thread waits for each answer, so a Ctrl-C in the caller never cuts a message in half).
-    With an optimizer, its flat groups move into shared memory too, for as long as the
-    workers run: each process then updates a part of them, and the weights it holds need no
-    copying to the workers."""
+    With an optimizer, its flat groups (SHARED_FLAT) move into shared memory too, for as long
+    as the workers run: each process then updates a part of them, and the weights they hold
+    need no copying to the workers; each process keeps its own scratch."""
 
     def __init__(self, model: Module, params: list[Parameter], count: int, optimizer: optim.AdamW | None):
-        self.conns, self.processes, self.gradients, self.weights, self.state = [], [], [], None, []
-        self.flats = [flat for _, flat in optimizer.flat] if optimizer is not None else []
+        self.conns, self.processes, self.gradients, self.weights, self.flat_blocks = [], [], [], None, []
+        self.copied, self.in_optimizer = [], []
         self.optimizer = optimizer
+        self.flats = [flat for _, flat in optimizer.flat] if optimizer is not None else []
         self.messengers = ThreadPoolExecutor(count, thread_name_prefix="nanograd-worker")
         try:  # a failure part way (the model cannot be pickled, a worker cannot start) cleans up
-            layout = _layout(params)
-            state_layouts = [_layout(flat.arrays()) for flat in self.flats]
-            _check_shared_memory((count + 1) * _block_layout(layout)[1]  # the weights, a gradient block per worker
-                                 + sum(_block_layout(lay)[1] for lay in state_layouts))
-            self.weights = _SharedArrays(layout)
-            self.gradients = [_SharedArrays(layout) for _ in range(count)]
-            for flat, state_layout in zip(self.flats, state_layouts):
-                self.state.append(_SharedArrays(state_layout))
-                flat.move_to(self.state[-1].arrays)
-            # each parameter's place in the optimizer's flat groups: (group, start), or None
+            # each parameter's place in the optimizer's flat groups, (group, start), or None
             place_of = {id(p): (g, start) for g, flat in enumerate(self.flats)
                         for p, start in zip(flat.params, flat.starts)}
             places = [place_of.get(id(p)) for p in params]
-            self.copied = [(shared, p) for shared, p, place in zip(self.weights.arrays, params, places)
-                           if place is None]  # the weights to copy over before each call
-            self.placed = [(p, p.data) for p, place in zip(params, places) if place is not None]
-            state_names = [(shared.block.name, lay) for shared, lay in zip(self.state, state_layouts)]
+            copied = [p for p, place in zip(params, places) if place is None]
+            flat_layouts = [_layout([getattr(flat, name) for name in SHARED_FLAT]) for flat in self.flats]
+            _check_shared_memory(_block_layout(_layout(copied))[1]  # the weights the optimizer does not hold,
+                                 + count * _block_layout(_layout(params))[1]  # a gradient block per worker,
+                                 + sum(_block_layout(layout)[1] for layout in flat_layouts))  # the optimizer's
+            self.weights = _SharedArrays(_layout(copied))
+            self.copied = list(zip(copied, self.weights.arrays))  # (parameter, its copy), refreshed per call
+            self.gradients = [_SharedArrays(_layout(params)) for _ in range(count)]
+            for flat, layout in zip(self.flats, flat_layouts):
+                self.flat_blocks.append(_SharedArrays(layout))
+                flat.move_to(dict(zip(SHARED_FLAT, self.flat_blocks[-1].arrays)))
+            if optimizer is not None:
+                _shared_optimizers.add(optimizer)
+            # (parameter, the shared view it must keep): a new array there would part the processes
+            self.in_optimizer = [(p, p.data) for p, place in zip(params, places) if place is not None]
+            flat_names = [(block.block.name, layout) for block, layout in zip(self.flat_blocks, flat_layouts)]
             context = multiprocessing.get_context("spawn")
             with _spawning():
                 for gradients in self.gradients:
                     mine, theirs = context.Pipe()
                     self.conns.append(mine)
                     process = context.Process(target=_serve, daemon=True, args=(
-                        theirs, model, self.weights.block.name, gradients.block.name, state_names, places))
+                        theirs, model, self.weights.block.name, gradients.block.name, flat_names, places))
                     process.start()
                     self.processes.append(process)
                     theirs.close()
@@ -333,11 +358,11 @@ class _Workers:
 
     def refresh_weights(self) -> None:
         """Before a call: the weights that the workers do not already share, copied over."""
-        for p, shared in self.placed:
+        for p, shared in self.in_optimizer:
             if p.data is not shared:
                 raise RuntimeError("DataParallel: a parameter's array was replaced (p.data = ...) while "
                                    "the workers share it; write into it instead (p.data[...] = ...)")
-        for shared, p in self.copied:
+        for p, shared in self.copied:
             shared[...] = p.data
 
     def kill(self) -> None:
@@ -346,18 +371,22 @@ class _Workers:
             process.kill()
 
     def close(self) -> None:
-        for conn in self.conns:
-            conn.close()  # the workers read end-of-file and return
-        for process in self.processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-        self.messengers.shutdown()
-        for flat, shared in zip(self.flats, self.state):  # the optimizer goes on in private memory
-            flat.move_to([np.empty_like(a) for a in shared.arrays])
-        for shared in [self.weights, *self.gradients, *self.state]:
-            if shared is not None:
-                shared.release()
+        with _sigint_ignored():  # a second Ctrl-C must not leave workers or shared blocks behind
+            for conn in self.conns:
+                conn.close()  # the workers read end-of-file and return
+            for process in self.processes:
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+            self.messengers.shutdown()
+            for flat, block in zip(self.flats, self.flat_blocks):  # the optimizer goes on in private memory
+                flat.move_to({name: np.empty_like(a) for name, a in zip(SHARED_FLAT, block.arrays)})
+            if self.optimizer is not None:
+                _shared_optimizers.discard(self.optimizer)
+            self.copied, self.in_optimizer = [], []  # views of the blocks, which go now
+            for shared in [self.weights, *self.gradients, *self.flat_blocks]:
+                if shared is not None:
+                    shared.release()
 
 
 class DataParallel:
@@ -385,6 +414,11 @@ class DataParallel:
     def __init__(self, model: Module, workers: int, optimizer: optim.AdamW | None = None):
         if workers < 1:
             raise ValueError(f"DataParallel: workers must be at least 1, got {workers}")
+        if optimizer is not None and not isinstance(optimizer, optim.AdamW):
+            raise TypeError(f"DataParallel shares the step of an AdamW optimizer, got {type(optimizer).__name__}")
+        if optimizer in _shared_optimizers:
+            raise ValueError("DataParallel: this optimizer is already shared by another DataParallel; "
+                             "close that one first")
         self.model, self.workers = model, workers
         self.params = model.parameters()  # fixed objects: an optimizer swaps their .data, not them
         self._pool, self._closed = None, False
@@ -441,7 +475,8 @@ class DataParallel:
     def step(self, optimizer: optim.AdamW) -> None:
         """optimizer.step(). If it is the optimizer given to the constructor, each process
         updates its own part of every flat group, all at the same time (AdamW's update is
-        element-wise, so the numbers are those of one process doing it all)."""
+        element-wise, so the numbers are those of one process doing it all); any other
+        optimizer (or after close()) steps here alone."""
         pool = self._pool
         if pool is None or self._closed or pool.optimizer is not optimizer:
             optimizer.step()

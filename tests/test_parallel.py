@@ -201,13 +201,44 @@ def test_a_replaced_weight_array_is_refused():
 
 
 def test_a_worker_that_dies_before_the_shared_update_is_reported():
+    """The step is then half done, but a parameter without a gradient is still left alone."""
+    model = tiny_gpt()
+    opt = optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    without_grad = model.parameters()[0]
+    before = without_grad.data.copy()
+    with DataParallel(model, 2, opt) as parallel:
+        parallel.loss(loss_of, *batch(4), backward=True)
+        without_grad.grad = None
+        parallel._pool.kill()
+        with pytest.raises(RuntimeError, match="worker 1.*stopped"):
+            parallel.step(opt)
+    np.testing.assert_array_equal(without_grad.data, before)
+
+
+def test_arrays_taken_while_the_workers_run_stay_readable_after_close():
+    """A weight from p.numpy() or a moment from state_dict() is a view of shared memory while
+    the workers run; closing must not pull the memory from under it (that would crash)."""
     model = tiny_gpt()
     opt = optim.AdamW(model.parameters(), lr=0.1)
     with DataParallel(model, 2, opt) as parallel:
         parallel.loss(loss_of, *batch(4), backward=True)
-        parallel._pool.kill()
-        with pytest.raises(RuntimeError, match="worker 1.*stopped"):
-            parallel.step(opt)
+        parallel.step(opt)
+        weight, moment = model.parameters()[0].numpy(), opt.state_dict()["group0.m"]
+        expected = weight.copy(), moment.copy()
+    np.testing.assert_array_equal(weight, expected[0])
+    np.testing.assert_array_equal(moment, expected[1])
+
+
+def test_one_optimizer_is_shared_by_one_data_parallel_at_a_time():
+    model = tiny_gpt()
+    opt = optim.AdamW(model.parameters(), lr=0.1)
+    with DataParallel(model, 2, opt):
+        with pytest.raises(ValueError, match="already shared"):
+            DataParallel(model, 2, opt)
+    with DataParallel(model, 2, opt):  # once the first is closed
+        pass
+    with pytest.raises(TypeError, match="AdamW"):
+        DataParallel(model, 2, optim.SGD(model.parameters()))
 
 
 def test_dropout_draws_a_seeded_stream_per_slice():
@@ -306,16 +337,34 @@ def test_too_little_shared_memory_is_refused_before_anything_starts(monkeypatch)
         DataParallel(tiny_gpt(), 2)
 
 
-def test_the_trainer_falls_back_to_one_process_without_shared_memory(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(parallel_module.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1, f_frsize=4096))
+def train_tiny_on_two_workers(tmp_path) -> int:
+    """The trainer on a tiny model for 2 steps, asked for 2 workers: the workers it used."""
     text = tmp_path / "poem.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
     out = tmp_path / "run"
     assert train.main(["--data", str(text), "--out-dir", str(out), "--workers", "2", "--max-iters", "2",
                        "--eval-iters", "1", "--n-layer", "1", "--n-embd", "8", "--n-head", "2",
                        "--block-size", "8", "--batch-size", "4", "--sample-tokens", "0", "--quiet"]) == 0
+    return json.loads((out / "config.json").read_text())["workers"]
+
+
+def test_the_trainer_falls_back_to_one_process_without_shared_memory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(parallel_module.os, "statvfs", lambda path: types.SimpleNamespace(f_bavail=1, f_frsize=4096))
+    assert train_tiny_on_two_workers(tmp_path) == 1
     assert "training in one process" in capsys.readouterr().out
-    assert json.loads((out / "config.json").read_text())["workers"] == 1
+
+
+def test_the_trainer_keeps_two_processes_without_room_for_the_optimizer(tmp_path, monkeypatch, capsys):
+    """The optimizer's buffers need the most shared memory: without room for them, the
+    processes still share the forward and backward, and the step runs in this one."""
+    def no_room_for_an_optimizer(model, workers, optimizer=None):
+        if optimizer is not None:
+            raise parallel_module.SharedMemoryTooSmall("no room for the optimizer")
+        return DataParallel(model, workers)
+
+    monkeypatch.setattr(train, "DataParallel", no_room_for_an_optimizer)
+    assert train_tiny_on_two_workers(tmp_path) == 2
+    assert "training in one process" not in capsys.readouterr().out
 
 
 def test_ctrl_c_does_not_reach_the_workers(two_workers):
@@ -373,7 +422,7 @@ def test_close_stops_the_workers_and_frees_the_shared_memory():
     model = tiny_gpt()
     parallel = DataParallel(model, 2, optim.AdamW(model.parameters()))
     pool = parallel._pool
-    blocks = [shared.block.name for shared in [pool.weights, *pool.gradients, *pool.state]]
+    blocks = [shared.block.name for shared in [pool.weights, *pool.gradients, *pool.flat_blocks]]
     assert len(blocks) == 3  # the weights, the worker's gradients, the optimizer's flat group
     processes = parallel._pool.processes
     parallel.close()
