@@ -41,7 +41,7 @@ def probabilities(
         k = min(top_k, logits.shape[-1])
         kth = np.partition(logits, -k, axis=-1)[:, -k, None]  # (B, 1) the k-th largest logit
         logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = np.exp(logits)  # the max is still 0: top-k keeps the largest logit
     probs /= probs.sum(axis=-1, keepdims=True)
     if top_p is not None and top_p < 1:
         order = np.argsort(-probs, axis=-1)  # (B, V) likeliest first

@@ -22,8 +22,14 @@ def _row_sum(x, scale=1.0):
     times faster than NumPy's reduction along a short last axis (a hot spot in LayerNorm and
     attention, which reduce rows of 64 to 512 numbers).
     """
-    xp = array_module(x)
-    return (x @ xp.full(x.shape[-1], scale, dtype=x.dtype))[..., None]
+    return (x @ _filled(array_module(x), x.shape[-1], scale, x.dtype))[..., None]
+
+
+@functools.lru_cache(maxsize=256)
+def _filled(xp, n: int, value: float, dtype):
+    """A vector of n copies of value, made once per size (read only: it is shared). A few us
+    saved per row sum, which adds up at one token of a KV-cached step (about 20 per token)."""
+    return xp.full(n, value, dtype=dtype)
 
 
 def _row_mean(x):
