@@ -208,6 +208,8 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
         if place is not None:
             group, start = place
             p.data = flats[group].arrays[0][start : start + p.size].reshape(p.shape)
+    for p, shared in zip(params, gradients.arrays):
+        p.grad_buffer = shared  # backward writes each gradient straight into shared memory
     conn.send(("ready",))
     with _one_blas_thread():
         while True:
@@ -232,7 +234,7 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
                 continue
             has_grad = [p.grad is not None for p in params]
             for p, shared in zip(params, gradients.arrays):
-                if p.grad is not None:
+                if p.grad is not None and p.grad is not shared:  # not written there by backward
                     shared[...] = p.grad
             conn.send(("ok", loss, has_grad))
 

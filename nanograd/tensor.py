@@ -26,6 +26,9 @@ class Tensor:
     """
 
     __array_priority__ = 1000  # so that `ndarray * Tensor` calls Tensor.__rmul__
+    # Where backward() writes a leaf's gradient when .grad is None (an array of its shape), in
+    # place of a new one: DataParallel's workers point it into shared memory, saving a copy.
+    grad_buffer: Any = None
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
         if isinstance(data, Tensor):
@@ -121,7 +124,7 @@ class Tensor:
                     "to the first backward() to call it twice"
                 )
             if node._ctx is None:  # a leaf: keep its gradient (a copy: g may be shared)
-                node.grad = g.astype(node.dtype, copy=True) if node.grad is None else node.grad + g
+                node.grad = node._first_grad(g) if node.grad is None else node.grad + g
                 continue
             ctx = node._ctx
             for parent, pg in zip(ctx.parents, ctx.backward(g)):
@@ -133,6 +136,13 @@ class Tensor:
                 grads[key] = pg if key not in grads else grads[key] + pg
             if not retain_graph:
                 node._ctx, node._freed = None, True
+
+    def _first_grad(self, g: Any) -> Any:
+        """A leaf's gradient, a copy of g: into grad_buffer if one is set, else a new array."""
+        if self.grad_buffer is None:
+            return g.astype(self.dtype, copy=True)
+        self.grad_buffer[...] = g
+        return self.grad_buffer
 
     def _topological_order(self) -> list[Tensor]:
         """Every tensor reachable from self, each before the tensors it was made from.

@@ -127,6 +127,19 @@ def test_backward_twice_on_two_graphs_accumulates_into_leaves():
     np.testing.assert_allclose(x.grad, [11.0])
 
 
+def test_a_leaf_gradient_is_written_into_its_grad_buffer():
+    """A leaf may name the array its first gradient goes to (DataParallel's workers point it
+    into shared memory); a second backward adds up into a new array, as without one."""
+    x = leaf([1.0, 2.0])
+    x.grad_buffer = np.full(2, np.nan)
+    (x * x).sum().backward()
+    assert x.grad is x.grad_buffer
+    np.testing.assert_allclose(x.grad_buffer, [2.0, 4.0])
+    (x * 5).sum().backward()
+    np.testing.assert_allclose(x.grad, [7.0, 9.0])
+    np.testing.assert_allclose(x.grad_buffer, [2.0, 4.0])
+
+
 def test_retain_graph_allows_a_second_backward_that_doubles_the_gradient():
     x = leaf([1.0, 2.0])
     loss = (x * x * x).sum()
