@@ -111,8 +111,8 @@ def _data_parallel(model: Any, workers: int, optimizer: optim.AdamW, log: Callab
     either, one process."""
     try:
         return DataParallel(model, workers, optimizer)
-    except SharedMemoryTooSmall:
-        pass
+    except SharedMemoryTooSmall as exc:
+        log(f"{exc}: the optimizer's step runs in this process")
     try:
         return DataParallel(model, workers)
     except SharedMemoryTooSmall as exc:

@@ -1,8 +1,11 @@
 """Optimizers (SGD, AdamW), gradient clipping and the cosine learning-rate schedule.
 
-AdamW keeps each parameter group in one flat buffer: every parameter's .data becomes a view
-into it, so one update is a handful of vectorised array operations over all the weights at
-once, instead of a Python loop of small ones per tensor.
+AdamW keeps each parameter group (of one dtype) in flat arrays: the weights, whose views
+become the parameters' .data, the two moments, the gathered gradient and a scratch buffer.
+One update is then a handful of vectorised array operations over all the weights at once,
+instead of a Python loop of small ones per tensor. The update is element-wise, so any piece
+of it can run apart from the rest (adamw_update): nanograd.parallel.DataParallel runs the
+pieces in several processes at once.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import backend
 from .nn.module import Parameter
@@ -77,10 +80,30 @@ class SGD(Optimizer):
                 p.data -= group["lr"] * g
 
 
-class _FlatGroup:
-    """One parameter group stored in flat arrays; each p.data becomes a view of `data`."""
+class FlatArrays(NamedTuple):
+    """One flat group's arrays, all of the same length: what an AdamW update reads and writes."""
 
-    ARRAYS = ("data", "m", "v", "grad", "scratch")  # what arrays() returns, in this order
+    data: Any  # the weights
+    m: Any  # first moment (mean of g)
+    v: Any  # second moment (mean of g^2)
+    grad: Any  # the parameters' gradients, gathered at each step
+    scratch: Any  # spare room for intermediate results
+
+
+class AdamWHyper(NamedTuple):
+    """The numbers of one AdamW update of one group (see AdamW)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    wd: float  # weight decay
+    t: int  # the step count, for the bias corrections
+
+
+class _FlatGroup:
+    """One parameter group stored in flat arrays (FlatArrays); each p.data becomes a view of
+    `data`."""
 
     def __init__(self, params: list[Parameter]):
         self.params = params
@@ -88,22 +111,21 @@ class _FlatGroup:
         self.sizes = [p.size for p in params]
         self.starts = [0, *itertools.accumulate(self.sizes)]  # p_i lies at data[starts[i]:starts[i + 1]]
         self.data = xp.concatenate([p.data.reshape(-1) for p in params])
-        self.m = xp.zeros_like(self.data)  # first moment (mean of g)
-        self.v = xp.zeros_like(self.data)  # second moment (mean of g^2)
-        self.grad = xp.empty_like(self.data)  # the parameters' gradients, gathered at each step
-        self.scratch = xp.empty_like(self.data)
+        self.m, self.v = xp.zeros_like(self.data), xp.zeros_like(self.data)
+        self.grad, self.scratch = xp.empty_like(self.data), xp.empty_like(self.data)
         self._view_params()
 
     def _view_params(self) -> None:
         for p, start, end in zip(self.params, self.starts, self.starts[1:]):
             p.data = self.data[start:end].reshape(p.shape)
 
-    def arrays(self) -> list[Any]:
-        return [getattr(self, name) for name in self.ARRAYS]
+    def arrays(self) -> FlatArrays:
+        return FlatArrays(*(getattr(self, name) for name in FlatArrays._fields))
 
     def move_to(self, arrays: dict[str, Any]) -> None:
-        """Keep the named flat arrays (of ARRAYS) in the given ones from now on (same shapes;
-        shared memory, for nanograd.parallel), their values copied over; the parameters follow."""
+        """Keep the named flat arrays (FlatArrays' names) in the given ones from now on (same
+        shapes; shared memory, for nanograd.parallel), their values copied over; the
+        parameters follow."""
         for name, new in arrays.items():
             new[...] = getattr(self, name)
             setattr(self, name, new)
@@ -121,7 +143,7 @@ class _FlatGroup:
                 if p.grad is None]
 
 
-Updates = list[tuple[_FlatGroup, dict[str, Any]]]  # each flat group, with its update's hyperparameters
+Updates = list[tuple[_FlatGroup, AdamWHyper]]  # each flat group of an AdamW step, with its numbers
 
 
 class AdamW(Optimizer):
@@ -157,8 +179,7 @@ class AdamW(Optimizer):
                         for s in flat.slices_without_grad()]
             flat.gather_grads()
             beta1, beta2 = group["betas"]
-            updates.append((flat, dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                                       wd=group["weight_decay"], t=self.t)))
+            updates.append((flat, AdamWHyper(group["lr"], beta1, beta2, group["eps"], group["weight_decay"], self.t)))
         try:
             if run_updates is None:
                 for flat, hyper in updates:
@@ -187,17 +208,16 @@ class AdamW(Optimizer):
                 getattr(flat, name)[...] = backend.to_device(value, backend.device_of(flat.m))
 
 
-def adamw_update(arrays: list[Any], hyper: dict[str, Any], part: int = 0, parts: int = 1) -> None:
-    """Piece `part` of `parts` equal pieces of one flat group's update, in place; arrays are
-    the group's (data, m, v, grad, scratch), hyper the update's keywords (_adamw_update).
+def adamw_update(arrays: FlatArrays, hyper: AdamWHyper, part: int = 0, parts: int = 1) -> None:
+    """Piece `part` of `parts` equal pieces of one flat group's update, in place.
 
     Block by block, so that the dozen passes find each block still in cache (1.3x faster than
     whole-buffer passes at 0.8M and 7M parameters, benchmarks/RESULTS.md). Each element's
     update involves that element alone, so the pieces may run in any order, or at once in
     different processes, and give the same numbers as one piece."""
-    n = len(arrays[0])
+    n = len(arrays.data)
     lo, hi = n * part // parts, n * (part + 1) // parts
-    backend.in_blocks(functools.partial(_adamw_update, **hyper), *(a[lo:hi] for a in arrays))
+    backend.in_blocks(functools.partial(_adamw_update, **hyper._asdict()), *(a[lo:hi] for a in arrays))
 
 
 def _adamw_update(data, m, v, g, scratch, *, lr, beta1, beta2, eps, wd, t) -> None:
@@ -228,10 +248,10 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:
     if not grads:
         return 0.0
     xp = backend.array_module(grads[0])
-    # one sum of squares per tensor (a dot product: one pass, no temporary g * g), added up
-    # where they are and read back once: a float() per tensor would make a GPU finish all
-    # its queued work once per parameter
-    total = math.sqrt(float(sum(xp.vdot(g, g) for g in grads)))
+    # one sum of squares per tensor (a dot product: one pass, no temporary g * g), added up in
+    # float64 (float32 overflows above 3e38) where they are, and read back once: a float() per
+    # tensor would make a GPU finish all its queued work once per parameter
+    total = math.sqrt(float(sum(xp.vdot(g, g).astype(xp.float64) for g in grads)))
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

@@ -14,7 +14,8 @@ took 26 ms alone, 33-36 ms beside a second thread, and 27-28 ms beside a second 
 How: the calling process trains on the first slice itself, on the model. Each other slice
 goes to a worker process that holds a copy of the model, sent once when it starts. Weights
 and gradients cross in shared memory: before each call the model's current weights are
-copied into a block that the workers' parameters view, and each worker writes its gradient
+copied into a block that the workers' parameters view (given the optimizer, only those it
+does not hold: see below), and each worker writes its gradient
 into a block of its own, which the caller adds to the model's .grad in worker order (a seeded
 run repeats exactly). The loss is a mean over the batch, so the gradient of the whole batch
 is the slices' gradients weighted by their sizes: slice i starts its backward from n_i / N.
@@ -22,8 +23,9 @@ is the slices' gradients weighted by their sizes: slice i starts its backward fr
 The optimizer step, given the optimizer: its flat buffers (weights, moments, gradient) move
 into shared memory, the workers' parameters view those weights (nothing to copy per call),
 and each process updates an equal part of them at once, where the caller alone would update
-everything while the workers wait: at the baby model's size the step took 2.8 ms of a 30 ms
-step, and at width 384 (7.1M parameters) 28 ms of 210 (benchmarks/RESULTS.md).
+everything while the workers wait: the optimizer's update took 2.8 ms of a 30 ms training
+step at the baby model's size, and 28 ms of 210 at width 384, 7.1M parameters (now 2.3 and
+16 ms; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def _run_task(model: Module, task: _Task) -> float:
 
 
 class SharedMemoryTooSmall(RuntimeError):
-    """The system's shared memory has no room for the weight and gradient blocks."""
+    """The system's shared memory has no room for the weight and gradient blocks (and the
+    optimizer's flat buffers, when it is shared)."""
 
 
 def _check_shared_memory(needed: int) -> None:
@@ -174,10 +177,10 @@ class _SharedArrays:
 
 
 class _Update(NamedTuple):
-    """A worker's piece of an AdamW step: for each flat group (index into the optimizer's
-    flat groups, update keywords), piece `part` of `parts` (optim.adamw_update)."""
+    """A worker's piece of an AdamW step: for each flat group (its index among the
+    optimizer's flat groups, the update's numbers), piece `part` of `parts` (optim.adamw_update)."""
 
-    groups: list[tuple[int, dict[str, Any]]]
+    groups: list[tuple[int, optim.AdamWHyper]]
     part: int
     parts: int
 
@@ -190,9 +193,9 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
     group's shared weights, which the processes update in place; any other views the shared
     weight block, which the caller refreshes before every task. The gradient of each slice
     goes into this worker's shared block. Messages: a _Task (a slice: forward and backward) or
-    an _Update (a piece of the optimizer's step). Replies: ("ready",) once, then per message
-    ("ok", weighted loss, which parameters got a gradient), ("ok",) for an update, or
-    ("error", message). Ctrl-C is the caller's to handle, so SIGINT is ignored: on POSIX from
+    an _Update (a piece of the optimizer's step). Replies: ("ready",) once, then per _Task
+    ("ok", weighted loss, which parameters got a gradient), per _Update ("ok",), or
+    ("error", message) for either. Ctrl-C is the caller's to handle, so SIGINT is ignored: on POSIX from
     birth (inherited through _spawning), on Windows, whose new processes do not inherit it,
     from here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -200,14 +203,16 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
     params = model.parameters()
     copied = [p for p, place in zip(params, places) if place is None]
     weights, gradients = _SharedArrays(_layout(copied), weights_name), _SharedArrays(_layout(params), gradients_name)
-    flats = [_SharedArrays(layout, name) for name, layout in flat_blocks]  # each: data, m, v, grad
-    scratch = [np.empty_like(flat.arrays[0]) for flat in flats]  # this process's own
+    flats = [_SharedArrays(layout, name) for name, layout in flat_blocks]  # each: SHARED_FLAT
+    # this process's own scratch per group (full length, for simple indexing: a piece uses its part)
+    scratch = [np.empty_like(flat.arrays[0]) for flat in flats]
     for p, shared in zip(copied, weights.arrays):
         p.data = shared
     for p, place in zip(params, places):
         if place is not None:
             group, start = place
-            p.data = flats[group].arrays[0][start : start + p.size].reshape(p.shape)
+            group_weights = flats[group].arrays[0]  # (data, the first of SHARED_FLAT)
+            p.data = group_weights[start : start + p.size].reshape(p.shape)
     for p, shared in zip(params, gradients.arrays):
         p.grad_buffer = shared  # backward writes each gradient straight into shared memory
     conn.send(("ready",))
@@ -221,7 +226,8 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
                 task = pickle.loads(message)
                 if isinstance(task, _Update):
                     for group, hyper in task.groups:
-                        optim.adamw_update([*flats[group].arrays, scratch[group]], hyper, task.part, task.parts)
+                        arrays = optim.FlatArrays(*flats[group].arrays, scratch[group])
+                        optim.adamw_update(arrays, hyper, task.part, task.parts)
                     conn.send(("ok",))
                     continue
                 model.train(task.training)
@@ -302,7 +308,7 @@ def _ask(conn: Any, process: Any, task: _Task) -> tuple:
     return _receive(conn, process)
 
 
-SHARED_FLAT = ("data", "m", "v", "grad")  # what the processes share of an optimizer's flat group
+SHARED_FLAT = optim.FlatArrays._fields[:4]  # data, m, v, grad: shared; each process has its own scratch
 _shared_optimizers: weakref.WeakSet = weakref.WeakSet()  # those whose buffers a DataParallel holds now
 
 
@@ -314,8 +320,9 @@ class _Workers:
     need no copying to the workers; each process keeps its own scratch."""
 
     def __init__(self, model: Module, params: list[Parameter], count: int, optimizer: optim.AdamW | None):
-        self.conns, self.processes, self.gradients, self.weights, self.flat_blocks = [], [], [], None, []
-        self.copied, self.in_optimizer = [], []
+        self.conns, self.processes = [], []
+        self.weights, self.gradients, self.flat_blocks = None, [], []  # the shared blocks
+        self.copied_weights, self.shared_weight_views = [], []
         self.optimizer = optimizer
         self.flats = [flat for _, flat in optimizer.flat] if optimizer is not None else []
         self.messengers = ThreadPoolExecutor(count, thread_name_prefix="nanograd-worker")
@@ -330,7 +337,7 @@ class _Workers:
                                  + count * _block_layout(_layout(params))[1]  # a gradient block per worker,
                                  + sum(_block_layout(layout)[1] for layout in flat_layouts))  # the optimizer's
             self.weights = _SharedArrays(_layout(copied))
-            self.copied = list(zip(copied, self.weights.arrays))  # (parameter, its copy), refreshed per call
+            self.copied_weights = list(zip(copied, self.weights.arrays))  # (parameter, its copy), per call
             self.gradients = [_SharedArrays(_layout(params)) for _ in range(count)]
             for flat, layout in zip(self.flats, flat_layouts):
                 self.flat_blocks.append(_SharedArrays(layout))
@@ -338,15 +345,15 @@ class _Workers:
             if optimizer is not None:
                 _shared_optimizers.add(optimizer)
             # (parameter, the shared view it must keep): a new array there would part the processes
-            self.in_optimizer = [(p, p.data) for p, place in zip(params, places) if place is not None]
-            flat_names = [(block.block.name, layout) for block, layout in zip(self.flat_blocks, flat_layouts)]
+            self.shared_weight_views = [(p, p.data) for p, place in zip(params, places) if place is not None]
+            flat_block_specs = [(block.block.name, layout) for block, layout in zip(self.flat_blocks, flat_layouts)]
             context = multiprocessing.get_context("spawn")
             with _spawning():
                 for gradients in self.gradients:
                     mine, theirs = context.Pipe()
                     self.conns.append(mine)
                     process = context.Process(target=_serve, daemon=True, args=(
-                        theirs, model, self.weights.block.name, gradients.block.name, flat_names, places))
+                        theirs, model, self.weights.block.name, gradients.block.name, flat_block_specs, places))
                     process.start()
                     self.processes.append(process)
                     theirs.close()
@@ -360,11 +367,11 @@ class _Workers:
 
     def refresh_weights(self) -> None:
         """Before a call: the weights that the workers do not already share, copied over."""
-        for p, shared in self.in_optimizer:
+        for p, shared in self.shared_weight_views:
             if p.data is not shared:
                 raise RuntimeError("DataParallel: a parameter's array was replaced (p.data = ...) while "
                                    "the workers share it; write into it instead (p.data[...] = ...)")
-        for p, shared in self.copied:
+        for p, shared in self.copied_weights:
             shared[...] = p.data
 
     def kill(self) -> None:
@@ -385,7 +392,7 @@ class _Workers:
                 flat.move_to({name: np.empty_like(a) for name, a in zip(SHARED_FLAT, block.arrays)})
             if self.optimizer is not None:
                 _shared_optimizers.discard(self.optimizer)
-            self.copied, self.in_optimizer = [], []  # views of the blocks, which go now
+            self.copied_weights, self.shared_weight_views = [], []  # views of the blocks, which go now
             for shared in [self.weights, *self.gradients, *self.flat_blocks]:
                 if shared is not None:
                     shared.release()

@@ -128,7 +128,7 @@ def test_ops_agree_across_backends(cuda, op):
 
 @pytest.mark.parametrize("shape, n", [((4, 3, 5), 2), ((4, 3, 5), 1), ((6,), 1), ((0, 3), 1), ((2, 0), 1)])
 def test_sum_leading_axes_matches_a_plain_sum(device, shape, n):
-    """The bias-gradient sum (a matrix-vector product on the GPU) against NumPy's sum."""
+    """The bias-gradient sum (a matrix-vector product, on either device) against NumPy's sum."""
     data = np.random.default_rng(3).standard_normal(shape)
     total = backend.sum_leading_axes(backend.to_device(data, device), n)
     assert total.shape == shape[n:]

@@ -140,6 +140,14 @@ def test_a_leaf_gradient_is_written_into_its_grad_buffer():
     np.testing.assert_allclose(x.grad_buffer, [2.0, 4.0])
 
 
+def test_a_grad_buffer_takes_the_gradient_in_the_leaf_dtype():
+    x = Tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
+    x.grad_buffer = np.zeros(2, np.float32)
+    (x * Tensor(np.array([0.5, 0.25]))).sum().backward()  # a float64 gradient reaches x
+    assert x.grad is x.grad_buffer and x.grad.dtype == np.float32
+    np.testing.assert_allclose(x.grad, [0.5, 0.25])
+
+
 def test_retain_graph_allows_a_second_backward_that_doubles_the_gradient():
     x = leaf([1.0, 2.0])
     loss = (x * x * x).sum()

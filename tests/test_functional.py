@@ -95,6 +95,23 @@ def test_softmax_family_takes_either_exp_shift_with_the_same_values_and_gradient
         assert gradcheck(fn, Tensor(x, requires_grad=True))
 
 
+def test_one_overall_shift_is_exact_to_its_stated_error_just_inside_exp_safe_range():
+    """Rows 57 apart span 59 < EXP_SAFE_RANGE, so the overall max is the shift: the lower row's
+    exps (e^-59 .. e^-57) stay normal float32 numbers, and its probabilities and
+    log-probabilities are right to EXP_SAFE_RANGE float32 epsilons (see _overall_max_if_narrow)."""
+    row = np.array([10.0, 11.0, 12.0])
+    x = np.stack([row, row - 57]).astype(np.float32)
+    assert nn_ops._overall_max_if_narrow(x) == 12.0
+    expected = np_softmax(row)
+    bound = nn_ops.EXP_SAFE_RANGE * np.finfo(np.float32).eps
+    probs, log_probs = F.softmax(Tensor(x)).data, F.log_softmax(Tensor(x)).data
+    assert probs.dtype == log_probs.dtype == np.float32
+    np.testing.assert_allclose(probs, [expected, expected], rtol=bound)
+    np.testing.assert_allclose(log_probs, np.log([expected, expected]), rtol=0, atol=bound)
+    loss = F.cross_entropy(Tensor(x), np.array([0, 2])).item()
+    assert loss == pytest.approx(-(np.log(expected[0]) + np.log(expected[2])) / 2, abs=bound)
+
+
 def test_huge_logits_give_the_exact_softmax_and_a_huge_finite_loss():
     x = np.array([[1.0, -1.0, 0.5]]) * 1e4
     np.testing.assert_allclose(F.softmax(Tensor(x)).data, [[1.0, 0.0, 0.0]])
@@ -262,7 +279,7 @@ def test_causal_attention_in_chunks_matches_the_naive_reference(monkeypatch, Tq,
 @pytest.mark.parametrize("safe_range", [0.0, math.inf], ids=["row-max", "overall-max"])
 def test_attention_takes_either_exp_shift_with_the_same_values_and_gradients(monkeypatch, safe_range):
     """Softmax subtracts the overall max of the scores when they span less than
-    EXP_SAFE_RANGE, each row's max otherwise (nn_ops._narrow_max). Each path, forced here,
+    EXP_SAFE_RANGE, each row's max otherwise (nn_ops._overall_max_if_narrow). Each path, forced here,
     matches the reference and passes gradcheck."""
     monkeypatch.setattr(nn_ops, "EXP_SAFE_RANGE", safe_range)
     q, k, v = randn(2, 3, 5, 4, seed=4), randn(2, 3, 6, 4, seed=5), randn(2, 3, 6, 4, seed=6)
@@ -272,11 +289,11 @@ def test_attention_takes_either_exp_shift_with_the_same_values_and_gradients(mon
 
 
 def test_causal_attention_is_exact_beside_a_huge_score_in_the_future():
-    """A score of 1e4 that the mask hides widens the range past EXP_SAFE_RANGE: the shift is
-    then each row's max over the keys its query sees, not the hidden 1e4 (which would leave
-    exp(visible - 1e4) = 0 everywhere in the row, and 0 / 0)."""
+    """A score of 5e3 that the mask hides widens the range past EXP_SAFE_RANGE: the shift is
+    then each row's max over the keys its query sees, not the hidden 5e3 (which would leave
+    exp(visible - 5e3) = 0 everywhere in the row, and 0 / 0)."""
     q, k, v = randn(1, 2, 4, 4, seed=4), randn(1, 2, 4, 4, seed=5), randn(1, 2, 4, 4, seed=6)
-    q[..., 0, :], k[..., 3, :] = 50.0, 50.0  # query 0 against key 3 (its future): 1e4 / sqrt(4)
+    q[..., 0, :], k[..., 3, :] = 50.0, 50.0  # query 0 against key 3 (its future): q.k = 1e4, / sqrt(4)
     for dtype in (np.float32, np.float64):
         out = F.scaled_dot_product_attention(*(Tensor(a.astype(dtype)) for a in (q, k, v))).data
         np.testing.assert_allclose(out, naive_attention(q, k, v), rtol=1e-5, atol=1e-5)

@@ -238,6 +238,25 @@ def test_optimizers_keep_each_parameter_dtype(make):
     assert (half.shape, full.shape) == ((2,), (3,))
 
 
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+def test_adamw_update_in_pieces_gives_the_numbers_of_one(parts):
+    """The update is element-wise: pieces of uneven length (7 numbers), run one after the
+    other, write what one whole update writes (DataParallel runs them in processes)."""
+    def arrays():
+        rng = np.random.default_rng(0)
+        data, m, grad = (rng.standard_normal(7).astype(np.float32) for _ in range(3))
+        return optim.FlatArrays(data, m, np.abs(m), grad, np.empty_like(data))
+
+    hyper = optim.AdamWHyper(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, wd=0.1, t=3)
+    whole, pieced = arrays(), arrays()
+    optim.adamw_update(whole, hyper)
+    for part in range(parts):
+        optim.adamw_update(pieced, hyper, part, parts)
+    for name, a, b in zip(optim.FlatArrays._fields, whole, pieced):
+        if name != "scratch":
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_adamw_minimises_a_quadratic():
     p = param([3.0, -4.0])
     opt = optim.AdamW([p], lr=0.1, weight_decay=0.0)
@@ -275,6 +294,17 @@ def test_clip_grad_norm_returns_the_norm_before_clipping():
     b.grad = np.array([0.0])
     assert optim.clip_grad_norm([a, b], max_norm=1.0) == pytest.approx(0.1)
     np.testing.assert_allclose(a.grad, [0.1, 0.0])  # under the limit: unchanged
+
+
+def test_clip_grad_norm_adds_up_in_float64():
+    """Two float32 gradients whose squares each nearly fill float32's range (3.4e38): their sum
+    would overflow to inf, and clipping by an infinite norm would zero every gradient."""
+    params = [Tensor(np.zeros(2, np.float32), requires_grad=True) for _ in range(2)]
+    for p in params:
+        p.grad = np.full(2, 1e19, np.float32)  # each g . g = 2e38
+    assert optim.clip_grad_norm(params, 1.0) == pytest.approx(2e19, rel=1e-6)
+    for p in params:
+        assert np.isfinite(p.grad).all() and np.all(p.grad > 0)
 
 
 def test_sgd_trains_a_linear_regression():

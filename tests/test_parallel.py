@@ -156,33 +156,46 @@ def test_workers_follow_the_optimizer_and_the_mode():
     parallel.close()
 
 
-def trained(share: bool, steps: int = 3) -> tuple[GPT, optim.AdamW, float]:
-    """A tiny GPT after `steps` AdamW steps on two processes, the optimizer's update shared
-    out between them (given to DataParallel) or run by this process alone; and the loss that
-    both processes then compute with the new weights."""
+def trained(share: bool, workers: int, steps: int = 3) -> tuple[GPT, optim.AdamW, float]:
+    """A tiny GPT after `steps` AdamW steps on `workers` processes, the optimizer's update
+    shared out between them (given to DataParallel) or run by this process alone; and the
+    loss that they all compute with the new weights afterwards. Two parameter groups (decay,
+    no decay); the position table outside the optimizer, changed by this process at each step
+    (its weights are copied to the workers); one weight without a gradient at each step."""
     model = tiny_gpt()
-    opt = optim.AdamW(model.parameters(), lr=0.1)
-    with DataParallel(model, 2, opt if share else None) as parallel:
+    position_table, without_grad = model.transformer.wpe.weight, model.transformer.h[0].mlp.c_fc.weight
+    groups = [{**g, "params": [p for p in g["params"] if p is not position_table]}
+              for g in run.parameter_groups(model, 0.1)]
+    opt = optim.AdamW(groups, lr=0.1)
+    with DataParallel(model, workers, opt if share else None) as parallel:
         for i in range(steps):
             opt.zero_grad()
-            parallel.loss(loss_of, *batch(4, seed=i), backward=True)
+            parallel.loss(loss_of, *batch(6, seed=i), backward=True)
+            without_grad.grad = None
+            position_table.data[...] *= 0.5
             parallel.step(opt)
-        loss = parallel.loss(loss_of, *batch(4, seed=steps))
+        loss = parallel.loss(loss_of, *batch(6, seed=steps))
     return model, opt, loss
 
 
-def test_a_shared_optimizer_step_gives_the_numbers_of_one_process():
-    """Each process updates a part of the flat buffers: weights, moments and the next loss are
-    bit for bit those of this process updating everything, and they are still there (back in
-    private memory) once the workers are closed."""
-    (model, opt, loss), (model_alone, opt_alone, loss_alone) = trained(share=True), trained(share=False)
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_shared_optimizer_step_gives_the_numbers_of_one_process(monkeypatch, workers):
+    """Each process updates a part of the flat buffers (here this one piece 0 of `workers`):
+    weights, moments and the next loss are bit for bit those of this process updating
+    everything, and they are still there (back in private memory) once the workers are closed."""
+    model_alone, opt_alone, loss_alone = trained(share=False, workers=workers)
+    pieces = []
+    update = optim.adamw_update
+    monkeypatch.setattr(optim, "adamw_update", lambda *a: (pieces.append(a[2:]), update(*a)))
+    model, opt, loss = trained(share=True, workers=workers)
+    assert set(pieces) == {(0, workers)}
     assert loss == loss_alone
     for p, q in zip(model.parameters(), model_alone.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
     for (name, a), b in zip(opt.state_dict().items(), opt_alone.state_dict().values()):
         np.testing.assert_array_equal(a, b, err_msg=name)
-    flat = opt.flat[0][1]
-    assert all(np.shares_memory(p.data, flat.data) for p in model.parameters())
+    for _, flat in opt.flat:
+        assert all(np.shares_memory(p.data, flat.data) for p in flat.params)
     model.zero_grad()
     loss_of(model, *batch(4)).backward()
     opt.step()  # the optimizer goes on after close
