@@ -497,8 +497,12 @@ class DataParallel:
         groups = [(self._pool.flats.index(flat), hyper) for flat, hyper in updates]
         parts = len(self._pool.conns) + 1
         messages = [_Update(groups, part, parts) for part in range(1, parts)]
-        self._on_all_workers(messages, lambda: [optim.adamw_update(flat.arrays(), hyper, 0, parts)
-                                                for flat, hyper in updates])
+
+        def first_pieces() -> None:
+            for flat, hyper in updates:
+                optim.adamw_update(flat.arrays(), hyper, 0, parts)
+
+        self._on_all_workers(messages, first_pieces)
 
     def _on_all_workers(self, messages: list[Any], own: Callable[[], Any]) -> tuple[Any, list[tuple]]:
         """Send messages[i] to worker i + 1 and run own() here meanwhile. Returns (what own
