@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -147,8 +148,20 @@ def sum_leading_axes(x: Any, n: int) -> Any:
     2.3 us at (384, 128), 45 -> 19 us at (768, 512); cuBLAS on an H200: benchmarks/RESULTS.md).
     """
     rows = x.reshape(math.prod(x.shape[:n]), math.prod(x.shape[n:]))  # (N, M)
-    total = array_module(x).ones(rows.shape[0], dtype=x.dtype) @ rows  # (M,)
+    total = filled(array_module(x), rows.shape[0], 1.0, x.dtype) @ rows  # (M,)
     return total.reshape(x.shape[n:])
+
+
+@functools.lru_cache(maxsize=256)
+def filled(xp: ModuleType, n: int, value: float, dtype: Any) -> Any:
+    """A vector of n copies of value, made once per size and shared (so read-only on the CPU):
+    the vectors that turn sums into matrix-vector products (sum_leading_axes, row sums in
+    ops/nn.py). A few us saved per sum, which adds up at one token of a KV-cached step (about
+    20 per token)."""
+    vector = xp.full(n, value, dtype=dtype)
+    if xp is np:
+        vector.flags.writeable = False
+    return vector
 
 
 def keep_freed_memory() -> bool:

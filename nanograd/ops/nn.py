@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 
-from ..backend import array_module, device_of, in_blocks, scatter_add_rows, sum_leading_axes
+from ..backend import array_module, device_of, filled, in_blocks, scatter_add_rows, sum_leading_axes
 from ..function import Function
 
 
@@ -23,18 +23,7 @@ def _row_sum(x, scale=1.0):
     times faster than NumPy's reduction along a short last axis (a hot spot in LayerNorm and
     attention, which reduce rows of 64 to 512 numbers).
     """
-    return (x @ _filled(array_module(x), x.shape[-1], scale, x.dtype))[..., None]
-
-
-@functools.lru_cache(maxsize=256)
-def _filled(xp, n: int, value: float, dtype):
-    """A vector of n copies of value, made once per size and shared (so read-only on the CPU).
-    A few us saved per row sum, which adds up at one token of a KV-cached step (about 20 per
-    token)."""
-    vector = xp.full(n, value, dtype=dtype)
-    if device_of(vector) == "cpu":
-        vector.flags.writeable = False
-    return vector
+    return (x @ filled(array_module(x), x.shape[-1], scale, x.dtype))[..., None]
 
 
 def _row_mean(x):
