@@ -47,6 +47,9 @@ class BigramLanguageModel(nn.Module):
         return self.token_embedding_table(idx[:, -1])  # (B, V)
 
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
-        """idx (B, t) continued by max_new_tokens sampled tokens: (B, t + max_new_tokens)."""
-        return sampling.generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng)
+                 top_k: int | None = None, top_p: float | None = None,
+                 rng: np.random.Generator | None = None, use_cache: bool = True) -> np.ndarray:
+        """idx (B, t) continued by max_new_tokens sampled tokens: (B, t + max_new_tokens).
+        (The same arguments as GPT.generate; there is nothing to cache.)"""
+        return sampling.generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, rng=rng, use_cache=use_cache)

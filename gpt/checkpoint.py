@@ -49,7 +49,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     """(arrays, meta) from a checkpoint; any problem with the file is a one-line UserError."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"checkpoint path {path} is a directory; give the .npz file (e.g. {path / 'ckpt.npz'})")
+        raise UserError(f"checkpoint path {path} is a directory, not a checkpoint file")
     try:
         file = open(path, "rb")
     except FileNotFoundError:

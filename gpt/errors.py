@@ -11,12 +11,17 @@ class UserError(ValueError):
     """Bad input from the user (a file, a flag, a checkpoint): printed as 'error: ...', exit 2."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that was handled (say, by saving a checkpoint): its message says what was kept."""
+
+
 def exit_status(run: Callable[[], object], interrupted: str = "interrupted") -> int:
     """Call run() and turn how it ended into an exit status, with at most one line on stderr:
 
-    0 if it returns; 2 on a UserError or on a file that cannot be read or written (a directory
-    that is a file, no permission...); 130 on Ctrl-C (printing `interrupted`); 1, silently,
-    when the reader of stdout went away (`python -m gpt.sample | head`).
+    0 if it returns; 2 on a UserError, on a file that cannot be read or written (a directory
+    that is a file, no permission...) or on running out of memory (sizes too large); 130 on
+    Ctrl-C (printing an Interrupted's own message, else `interrupted`); 1, silently, when the
+    reader of stdout went away (`python -m gpt.sample | head`).
     """
     try:
         run()
@@ -29,7 +34,10 @@ def exit_status(run: Callable[[], object], interrupted: str = "interrupted") -> 
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
+    except MemoryError as exc:
+        print(f"error: out of memory ({exc or 'no details'}); try smaller sizes", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(str(exc) if isinstance(exc, Interrupted) else interrupted, file=sys.stderr)
         return 130
     return 0

@@ -246,14 +246,23 @@ def _best_time(fn, *args, repeats: int = 5) -> float:
 
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1 (argparse prints the error and exits 2)."""
+    return _int_from(text, 1, "a positive integer")
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an integer of at least 0 (as NumPy's generators take)."""
+    return _int_from(text, 0, "an integer >= 0")
+
+
+def _int_from(text: str, least: int, what: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gpt.explain", description=__doc__.split("\n\n")[0])
     topics = parser.add_subparsers(dest="topic", required=True)
 
     def topic(name: str, fn, doc: str, data: bool = True) -> argparse.ArgumentParser:
@@ -261,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=fn)
         if data:
             p.add_argument("--data", default=None, help="UTF-8 text file (default: tiny shakespeare)")
-        p.add_argument("--seed", type=int, default=1337)
+        p.add_argument("--seed", type=seed_int, default=1337)
         return p
 
     topic("vocab", vocab, "the vocabulary and the tokenizer").add_argument("--text", default="hii there")

@@ -146,6 +146,10 @@ class GPT(nn.Module):
         return x @ self.lm_head.weight.data
 
     # ---- generation ------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
     def new_cache(self) -> KVCache:
         return KVCache(self)
 

@@ -25,7 +25,8 @@ from .tokenizer import CharTokenizer
 
 @dataclass
 class TrainConfig:
-    preset: str = field(default="baby", metadata={"help": "named configuration the other flags override"})
+    preset: str = field(default="baby", metadata={
+        "help": "named configuration the other flags override: baby (default), bigram or video"})
     # model
     model: str = field(default="gpt", metadata={"help": "'gpt' or 'bigram'"})
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
@@ -60,6 +61,8 @@ class TrainConfig:
                 "fewer for small steps; one for the bigram and on a GPU)"})
     out_dir: str = field(default="out", metadata={"help": "directory for checkpoints and logs"})
     resume: bool = field(default=False, metadata={"help": "continue the run saved in out_dir"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start a new run in an out_dir that holds one (its checkpoints are replaced)"})
     sample_tokens: int = field(default=300, metadata={"help": "characters sampled at the end (0: none)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar (for logs)"})
 
@@ -70,7 +73,9 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 1:
             raise UserError(f"--workers must be positive, got {self.workers}")
-        for name in ("max_iters", "warmup_iters", "sample_tokens"):
+        if self.lr_decay_iters is not None and self.lr_decay_iters <= 0:
+            raise UserError(f"--lr-decay-iters must be positive, got {self.lr_decay_iters}")
+        for name in ("max_iters", "warmup_iters", "sample_tokens", "seed"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
@@ -154,12 +159,12 @@ def _flag_type(tp: Any):
     return args[0] if args else tp
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """One flag per TrainConfig field (--batch-size for batch_size); booleans get --no-X too.
 
     Defaults are None so that only the flags actually given override the preset.
     """
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -169,8 +174,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             default = PRESETS["baby"].get(f.name, f.default)
+            shown = default is not None and f.name != "preset"
             parser.add_argument(flag, type=tp, default=None, metavar=tp.__name__.upper(),
-                                help=help_text if default is None else f"{help_text} (baby: {default})")
+                                help=f"{help_text} (baby: {default})" if shown else help_text)
     parser.set_defaults(preset=None)
     return parser
 
@@ -183,6 +189,9 @@ def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Tr
         raise UserError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **(saved or {}), **given, "preset": preset}
     if saved is not None:
+        if given.get("preset", preset) != saved.get("preset", preset):
+            raise UserError(f"the run was trained with --preset {saved.get('preset')}, which a resumed run "
+                            "keeps (give single flags to change its settings)")
         changed = [k for k in MODEL_FIELDS if k in given and given[k] != saved.get(k)]
         if changed:
             raise UserError(
@@ -225,8 +234,9 @@ def load_run(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig, C
         saved = dict(meta["config"])
         saved.setdefault("workers", saved.get("threads"))  # runs saved before threads became processes
         config = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+        config.validate()
         tokenizer = CharTokenizer.from_json(meta["tokenizer"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"checkpoint {path} has no usable config or tokenizer ({exc})") from None
     model = build_model(config, tokenizer.vocab_size)
     weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}

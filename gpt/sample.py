@@ -19,10 +19,12 @@ from .run import check_device, checkpoint_path, load_run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Generate text from a checkpoint written by gpt.train.")
+    p = argparse.ArgumentParser(prog="python -m gpt.sample",
+                                description="Generate text from a checkpoint written by gpt.train.")
     p.add_argument("--out-dir", default="out", help="the training run's directory (default: out)")
     p.add_argument("--best", action="store_true", help="use best.npz (lowest val loss), not ckpt.npz")
-    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--prompt", default=None,
+                   help="text to continue (default: a newline, or the vocabulary's first character if it has none)")
     p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="<1 sharper, >1 more random")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest characters")
@@ -48,6 +50,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.stop == "":
         raise UserError("--stop must not be empty")
+    if args.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {args.seed}")
 
 
 def write_samples(args: argparse.Namespace, out: TextIO) -> None:
@@ -55,6 +59,8 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
     device = check_device(args.device)
     model, config, tokenizer, _, _ = load_run(checkpoint_path(args.out_dir, best=args.best), device)
     model.eval()
+    if args.prompt is None:  # a newline starts a line of the play; a corpus without one starts anywhere
+        args.prompt = "\n" if "\n" in tokenizer.chars else tokenizer.chars[0]
     prompt = tokenizer.encode(args.prompt)
     if len(prompt) == 0:
         raise UserError("--prompt must not be empty")

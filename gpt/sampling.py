@@ -16,6 +16,8 @@ from nanograd import no_grad
 
 
 class LanguageModel(Protocol):
+    vocab_size: int
+
     def next_logits(self, idx: np.ndarray, cache: Any) -> Any:
         """Logits (B, V) for the token after idx (B, t), advancing `cache` if one is given."""
 
@@ -30,8 +32,12 @@ def probabilities(
 
     logits (B, V) -> probabilities (B, V), rows summing to 1.
     """
-    if temperature <= 0:
+    if not temperature > 0:  # (nan too)
         raise ValueError(f"temperature must be positive, got {temperature}")
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be positive, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     # shift before dividing: the max becomes 0 and the rest <= 0, so even a tiny temperature
     # gives 0 or -inf (never inf - inf = nan)
     logits = logits.astype(np.float64)  # (B, V)
@@ -75,6 +81,10 @@ def stream(
     """Yield max_new_tokens new tokens (B,) one at a time, continuing idx (B, t)."""
     rng = rng if rng is not None else np.random.default_rng()
     idx = np.asarray(idx, dtype=np.int64)
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must hold token ids of shape (B, t) with t >= 1, got shape {idx.shape}")
+    if idx.min() < 0 or idx.max() >= model.vocab_size:  # (NumPy would wrap a negative id round)
+        raise ValueError(f"idx must hold token ids in [0, {model.vocab_size}), got {idx.min()} to {idx.max()}")
     cache = model.new_cache() if use_cache else None
     for _ in range(max_new_tokens):
         with no_grad():  # (inside the loop: a generator's body runs outside any decorator)

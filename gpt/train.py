@@ -25,7 +25,7 @@ from nanograd.parallel import DataParallel, SharedMemoryTooSmall
 
 from . import sampling
 from .data import CharDataset, load_text
-from .errors import UserError, exit_status
+from .errors import Interrupted, UserError, exit_status
 from .run import (
     TrainConfig,
     build_model,
@@ -152,9 +152,15 @@ def plot_losses(metrics_path: Path, out_path: Path) -> str:
 
 def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = None,
           tokenizer: CharTokenizer | None = None, arrays: dict | None = None) -> dict[str, Any]:
-    """Run (or continue) training; returns the last metrics row."""
+    """Run (or continue) training; returns the last metrics row. Ctrl-C saves a checkpoint at
+    the end of the step and raises errors.Interrupted; a loss that stops being finite raises a
+    UserError before anything is saved."""
     device = check_device(config.device)
     out_dir = Path(config.out_dir)
+    earlier = [path for path in (checkpoint_path(out_dir), checkpoint_path(out_dir, best=True)) if path.exists()]
+    if resume_meta is None and earlier and not config.overwrite:
+        raise UserError(f"{out_dir} holds an earlier run ({earlier[0]}): continue it with --resume, "
+                        "start over with --overwrite (its checkpoints are replaced), or choose another --out-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
     log = print if config.quiet else _tqdm_write
 
@@ -220,6 +226,9 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
                        "clipped_steps": state["clipped_steps"], "elapsed_s": round(state["elapsed_s"], 3),
                        "tokens_per_s": round(train_steps * tokens_per_step / train_seconds, 1)
                        if train_steps else None}
+                for key in ("train_loss", "val_loss"):  # never save a diverged model over a good one
+                    if not math.isfinite(row[key]):
+                        raise _diverged(f"the {key.replace('_', ' ')} became {row[key]} by step {step}", out_dir)
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 health = "" if math.isnan(grad_norm) else \
@@ -235,17 +244,15 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
                 save(checkpoint_path(out_dir))
                 if bar is not None:
                     bar.close()
-                print(f"interrupted: saved step {step} to {checkpoint_path(out_dir)} "
-                      f"(continue with --resume --out-dir {out_dir})")
-                return row
+                raise Interrupted(f"interrupted: saved step {step} to {checkpoint_path(out_dir)} "
+                                  f"(continue with --resume --out-dir {out_dir})")
 
             t0 = time.perf_counter()
             optimizer.lr = lr_at(config, step)
             x, y = dataset.get_batch("train", config.batch_size, config.block_size, batch_rng)
             loss_value, grad_norm = train_step(parallel, optimizer, x, y, config, device)
             if not math.isfinite(loss_value):
-                raise UserError(f"loss became {loss_value} at step {step}; the last good checkpoint "
-                                f"is {checkpoint_path(out_dir)} (try a lower --lr)")
+                raise _diverged(f"the loss became {loss_value} at step {step}", out_dir)
             state["clipped_steps"] += bool(config.grad_clip and grad_norm > config.grad_clip)
             state["step"] = step + 1
             train_seconds += time.perf_counter() - t0
@@ -265,6 +272,13 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
                                 rng=np.random.default_rng(config.seed))
         print(tokenizer.decode(ids[0]))
     return row
+
+
+def _diverged(what: str, out_dir: Path) -> UserError:
+    """The error that stops a run whose loss is no longer finite, naming what it leaves behind."""
+    path = checkpoint_path(out_dir)
+    kept = f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written"
+    return UserError(f"{what}; {kept} (try a lower --lr)")
 
 
 def _last_row(metrics_path: Path) -> dict[str, Any]:
@@ -289,20 +303,25 @@ def _tqdm_write(message: str) -> None:
 
 
 def run(args) -> None:
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out-dir and --overwrite replaces it: give one")
     if args.resume:
         device = check_device(args.device or "cpu")
-        model, saved, tokenizer, meta, arrays = load_run(checkpoint_path(args.out_dir or "out"), device)
+        args.out_dir = args.out_dir or "out"  # the run is read from there: it goes on there too
+        model, saved, tokenizer, meta, arrays = load_run(checkpoint_path(args.out_dir), device)
         train(resolve(args, saved=vars(saved)), resume_meta=meta, model=model, tokenizer=tokenizer, arrays=arrays)
     else:
         train(resolve(args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("Train a character-level GPT (or bigram) with nanograd.").parse_args(argv)
+    parser = build_parser("python -m gpt.train", "Train a character-level GPT (or bigram) with nanograd.")
+    args = parser.parse_args(argv)
     backend.keep_freed_memory()  # each step reuses the last one's memory instead of faulting it in again
     # a first Ctrl-C stops at the end of the step and saves (see _StopRequest); a second one
-    # lands mid-step, and the last checkpoint is still whole
-    return exit_status(lambda: run(args), interrupted="interrupted (no checkpoint written since the last evaluation)")
+    # lands mid-step (or one during the final sample), and the last checkpoint is still whole
+    return exit_status(lambda: run(args),
+                       interrupted="interrupted: the checkpoint written at the last evaluation is intact")
 
 
 if __name__ == "__main__":

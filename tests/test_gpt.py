@@ -82,6 +82,26 @@ def test_cached_generation_with_a_one_token_block():
     assert out.shape == (1, 6)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("idx,message", [
+    (np.array([[1, -1]]), "in \\[0, "),  # NumPy would wrap -1 round to the last token
+    (np.array([[1, TINY["vocab_size"]]]), "in \\[0, "),
+    (np.zeros((1, 0), dtype=np.int64), "t >= 1"),
+    (np.array([1, 2]), "shape \\(B, t\\)"),
+])
+def test_generate_refuses_a_bad_prompt(idx, message, use_cache):
+    with pytest.raises(ValueError, match=message):
+        tiny_gpt().generate(idx, 3, rng=np.random.default_rng(0), use_cache=use_cache)
+
+
+def test_the_bigram_generates_with_the_same_options_as_gpt():
+    from gpt.bigram import BigramLanguageModel
+
+    out = BigramLanguageModel(7).generate(np.array([[1, 2]]), 4, temperature=0.8, top_k=3, top_p=0.9,
+                                          rng=np.random.default_rng(0), use_cache=False)
+    assert out.shape == (1, 6) and (out[:, :2] == [[1, 2]]).all() and ((out >= 0) & (out < 7)).all()
+
+
 def test_same_seed_same_training():
     def run():
         model = tiny_gpt(seed=7, dropout=0.1, block_size=8)

@@ -52,3 +52,17 @@ def test_draws_follow_the_probabilities():
 def test_a_zero_or_negative_temperature_is_refused():
     with pytest.raises(ValueError, match="temperature"):
         probabilities(LOGITS, 0.0)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_k=0), "top_k"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=-1.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_p=float("nan")), "top_p"),
+])
+def test_options_out_of_range_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        probabilities(LOGITS, **options)

@@ -128,6 +128,9 @@ def test_sampler_is_seeded_and_stops(text_file, tmp_path, capsys):
     (["--block-size", "5000"], "shorter than"),
     (["--beta1", "-0.1"], "--beta1 must be in [0, 1)"),
     (["--beta2", "1"], "--beta2 must be in [0, 1)"),
+    (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--lr-decay-iters", "-5"], "--lr-decay-iters must be positive"),
+    (["--resume", "--overwrite"], "give one"),
 ])
 def test_bad_flags_get_one_line_errors(text_file, tmp_path, capsys, args, message):
     assert run_train("--data", text_file, "--out-dir", tmp_path / "x", "--quiet", *args) == 2
@@ -256,6 +259,95 @@ def test_diverging_loss_stops_with_the_last_good_checkpoint(text_file, tmp_path,
     assert meta["step"] == 0  # the evaluation at step 0 wrote it; nothing after overwrote it
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_loss_that_diverges_at_an_evaluation_is_not_saved(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_train("--data", text_file, "--out-dir", out, "--max-iters", "200", "--eval-interval", "1",
+                     "--lr", "1000", "--warmup-iters", "0", "--no-decay-lr", "--grad-clip", "0", *TINY)
+    assert code == 2
+    assert "became nan" in capsys.readouterr().err
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    rows = read_metrics(out)
+    assert meta["step"] == rows[-1]["step"] and math.isfinite(rows[-1]["val_loss"])  # the last finite one
+    assert all(np.isfinite(a).all() for a in arrays.values())
+
+
+def test_a_new_run_does_not_replace_an_earlier_one(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--data", text_file, "--out-dir", out, *TINY]
+    assert run_train(*args, "--max-iters", "4") == 0
+    before = (out / "ckpt.npz").read_bytes()
+    assert run_train(*args, "--max-iters", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds an earlier run" in err and "--overwrite" in err and "\n" not in err
+    assert (out / "ckpt.npz").read_bytes() == before and len(read_metrics(out)) == 2
+    assert run_train(*args, "--max-iters", "0", "--overwrite") == 0
+    assert load_checkpoint(out / "ckpt.npz")[1]["step"] == 0 and len(read_metrics(out)) == 1
+
+
+def test_resume_without_out_dir_goes_on_in_out(text_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_train("--data", text_file, "--out-dir", "first", "--max-iters", "2", *TINY) == 0
+    (tmp_path / "first").rename(tmp_path / "out")  # the checkpoint still names "first" as its out_dir
+    assert run_train("--resume", "--max-iters", "4", "--quiet") == 0
+    assert load_checkpoint(tmp_path / "out" / "ckpt.npz")[1]["step"] == 4
+    assert not (tmp_path / "first").exists()
+
+
+def test_resume_keeps_the_preset(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+    assert run_train("--out-dir", out, "--resume", "--preset", "bigram", "--quiet") == 2
+    assert "--preset baby" in capsys.readouterr().err
+
+
+def test_a_checkpoint_config_of_the_wrong_types_is_a_user_error(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    for config in ({**meta["config"], "n_layer": "2"}, ["abc"]):
+        save_checkpoint(out / "ckpt.npz", arrays, {**meta, "config": config})
+        capsys.readouterr()
+        assert sample.main(["--out-dir", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "no usable config" in err and "\n" not in err
+
+
+def test_negative_seeds_are_one_line_errors(text_file, tmp_path, capsys):
+    from gpt import explain
+
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    capsys.readouterr()
+    assert sample.main(["--out-dir", str(out), "--seed", "-1"]) == 2
+    assert "--seed must be 0 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # argparse: its usage line, then the error
+        explain.main(["batch", "--seed", "-1"])
+    assert stop.value.code == 2 and "must be an integer >= 0" in capsys.readouterr().err
+
+
+def test_the_default_prompt_needs_no_newline_in_the_corpus(tmp_path, capsys):
+    corpus = tmp_path / "no_newline.txt"
+    corpus.write_text("abcabcabd" * 30)
+    out = tmp_path / "run"
+    assert run_train("--data", corpus, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+    capsys.readouterr()
+    assert sample.main(["--out-dir", str(out), "--max-new-tokens", "5"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("a") and len(text) == 1 + 5 + 1
+
+
+def test_running_out_of_memory_is_a_one_line_error(capsys):
+    from gpt.errors import exit_status
+
+    def too_big():
+        raise MemoryError("Unable to allocate 21.8 TiB for an array")
+
+    assert exit_status(too_big) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory") and "21.8 TiB" in err and "\n" not in err
+
+
 def test_ctrl_c_saves_and_resume_continues(text_file, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "gpt.train", "--data", str(text_file), "--out-dir", str(out),
@@ -268,8 +360,8 @@ def test_ctrl_c_saves_and_resume_continues(text_file, tmp_path):
     time.sleep(0.5)  # let it take some steps
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
-    assert "interrupted: saved step" in stdout and "Traceback" not in stderr
+    assert proc.returncode == 130, stderr  # stopped, not finished: a script can tell
+    assert "interrupted: saved step" in stderr and "Traceback" not in stderr
     _, meta = load_checkpoint(out / "ckpt.npz")
     k = meta["step"]
     assert k > 0 and [r["step"] for r in read_metrics(out)] == [0]  # step k was never evaluated
