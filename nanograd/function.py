@@ -23,7 +23,15 @@ _grad_enabled = True
 
 
 class no_grad:
-    """Context manager (and decorator) in which no graph is recorded: for evaluation and sampling."""
+    """Context manager (and decorator) in which no graph is recorded: for evaluation and sampling.
+
+    `with no_grad():`, `@no_grad()` and `@no_grad` all work.
+    """
+
+    def __new__(cls, fn: Any = None):
+        if fn is not None:  # @no_grad without parentheses: fn is the function it decorates
+            return cls()(fn)
+        return super().__new__(cls)
 
     def __init__(self) -> None:
         self._previous: list[bool] = []  # a stack, so one instance can be entered again inside itself

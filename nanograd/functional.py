@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import backend, ops
+from .function import broadcast_shape
 from .tensor import Tensor
 
 
@@ -41,6 +42,8 @@ def cross_entropy(logits: Tensor, targets: Any) -> Tensor:
 
 def embedding(idx: Any, weight: Tensor) -> Tensor:
     """The rows of weight (V, C) picked by integer ids of any shape: idx.shape + (C,)."""
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be a (V, C) table, got shape {weight.shape}")
     idx = _array(idx, weight)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got {idx.dtype}")
@@ -49,8 +52,11 @@ def embedding(idx: Any, weight: Tensor) -> Tensor:
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise the last axis to mean 0, variance 1, then scale by weight and shift by bias."""
-    if weight.shape != x.shape[-1:]:
-        raise ValueError(f"layer_norm: weight of shape {weight.shape} for input {x.shape}")
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"layer_norm: the last axis of x must hold some numbers, got shape {x.shape}")
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and param.shape != x.shape[-1:]:
+            raise ValueError(f"layer_norm: {name} of shape {param.shape} for input {x.shape}")
     inputs = (x, weight) if bias is None else (x, weight, bias)
     return ops.LayerNorm.apply(*inputs, eps=eps)
 
@@ -83,9 +89,11 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 
 def where(cond: Any, a: Tensor | float, b: Tensor | float) -> Tensor:
     """a where cond is true, else b (cond: a boolean array or tensor, broadcastable)."""
-    like = a if isinstance(a, Tensor) else b
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(a)  # (two numbers: float32)
     a, b = like._lift(a), like._lift(b)
-    return ops.Where.apply(a, b, cond=_array(cond, like).astype(bool))
+    cond = _array(cond, like).astype(bool)
+    broadcast_shape(cond.shape, broadcast_shape(a.shape, b.shape, "where"), "where")
+    return ops.Where.apply(a, b, cond=cond)
 
 
 def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:

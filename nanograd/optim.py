@@ -116,8 +116,24 @@ class _FlatGroup:
         self._view_params()
 
     def _view_params(self) -> None:
-        for p, start, end in zip(self.params, self.starts, self.starts[1:]):
-            p.data = self.data[start:end].reshape(p.shape)
+        self.views = [self.data[start:end].reshape(p.shape)
+                      for p, start, end in zip(self.params, self.starts, self.starts[1:])]
+        for p, view in zip(self.params, self.views):
+            p.data = view
+
+    def adopt_replaced_data(self) -> None:
+        """A parameter whose .data was replaced (p.data = new array, a custom initialisation)
+        no longer views the flat buffer, and the updates would miss it: its new values are
+        copied in, and it views the buffer again."""
+        for p, view in zip(self.params, self.views):
+            if p.data is view:
+                continue
+            if p.data.shape != view.shape or backend.device_of(p.data) != backend.device_of(view):
+                raise ValueError(f"AdamW: a parameter's .data became a {backend.device_of(p.data)} array of shape "
+                                 f"{p.data.shape}, where it was {backend.device_of(view)} {view.shape}; "
+                                 "make the optimizer after changing the model's device or shapes")
+            view[...] = p.data
+            p.data = view
 
     def arrays(self) -> FlatArrays:
         return FlatArrays(*(getattr(self, name) for name in FlatArrays._fields))
@@ -155,7 +171,11 @@ class AdamW(Optimizer):
 
     Groups may set their own weight_decay, e.g. 0 for biases and LayerNorm weights (1-D).
     A parameter whose .grad is None is left alone (no decay, no moment update), as in PyTorch.
-    Create the optimizer after moving the model to its device: it takes over the arrays.
+    One difference from PyTorch: t counts the optimizer's steps, not each parameter's, so a
+    parameter that missed steps takes a smaller bias-corrected step than PyTorch's would
+    after them (no parameter of the models here ever misses one).
+    Create the optimizer after moving the model to its device: it takes over the arrays (and
+    takes in new values of a parameter whose .data is replaced later).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -175,6 +195,7 @@ class AdamW(Optimizer):
         updates: Updates = []
         skipped = []  # the whole buffer is updated, then the parameters without a gradient are put back
         for group, flat in self.flat:
+            flat.adopt_replaced_data()
             skipped += [(flat, s, flat.data[s].copy(), flat.m[s].copy(), flat.v[s].copy())
                         for s in flat.slices_without_grad()]
             flat.gather_grads()
@@ -249,9 +270,11 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:
         return 0.0
     xp = backend.array_module(grads[0])
     # one sum of squares per tensor (a dot product: one pass, no temporary g * g), added up in
-    # float64 (float32 overflows above 3e38) where they are, and read back once: a float() per
-    # tensor would make a GPU finish all its queued work once per parameter
+    # float64 where they are, and read back once: a float() per tensor would make a GPU
+    # finish all its queued work once per parameter
     total = math.sqrt(float(sum(xp.vdot(g, g).astype(xp.float64) for g in grads)))
+    if math.isinf(total):  # a float32 sum of squares overflows (above 3e38) before finite gradients do
+        total = math.sqrt(float(sum(xp.vdot(g64, g64) for g64 in (g.astype(xp.float64) for g in grads))))
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for g in grads:

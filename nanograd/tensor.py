@@ -74,6 +74,19 @@ class Tensor:
     def item(self) -> float:
         return self.data.item()
 
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """np.asarray(t) and NumPy functions called on t: the data as a NumPy array. Refused for
+        a tensor that requires a gradient, which would silently leave the graph (t.numpy()
+        says so openly)."""
+        if self.requires_grad:
+            raise TypeError("a tensor that requires grad does not turn into a NumPy array implicitly: "
+                            "use t.numpy() (outside the graph) or nanograd ops")
+        array = self.numpy() if dtype is None else self.numpy().astype(dtype, copy=False)
+        return array.copy() if copy else array
+
     def numpy(self) -> np.ndarray:
         """The data as a NumPy array (copied from the GPU if needed)."""
         return backend.to_numpy(self.data)
@@ -124,14 +137,16 @@ class Tensor:
                     "to the first backward() to call it twice"
                 )
             if node._ctx is None:  # a leaf: keep its gradient (a copy: g may be shared)
-                node.grad = node._first_grad(g) if node.grad is None else node.grad + g
+                node.grad = node._first_grad(g) if node.grad is None else (node.grad + g).astype(node.dtype, copy=False)
                 continue
             ctx = node._ctx
             for parent, pg in zip(ctx.parents, ctx.backward(g)):
                 if pg is None or not parent.requires_grad:
                     continue
                 pg = unbroadcast(pg, parent.shape)
-                assert pg.shape == parent.shape, f"{type(ctx).__name__}.backward: bad grad shape"
+                if pg.shape != parent.shape:
+                    raise ValueError(f"{type(ctx).__name__}.backward returned a gradient that sums to shape "
+                                     f"{pg.shape} for an input of shape {parent.shape}")
                 key = id(parent)
                 grads[key] = pg if key not in grads else grads[key] + pg
             if not retain_graph:
@@ -247,9 +262,9 @@ class Tensor:
         return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
-        axes = range(self.ndim) if axis is None else (axis,) if isinstance(axis, int) else axis
-        count = math.prod(self.shape[a] for a in axes)
-        return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
+        total = self.sum(axis=axis, keepdims=keepdims)  # (NumPy checks the axes)
+        count = self.data.size // total.data.size if total.data.size else 1  # numbers per mean
+        return total * (1.0 / count if count else math.nan)  # the mean of nothing is nan, as in NumPy
 
     def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
         return ops.Max.apply(self, axis=axis, keepdims=keepdims)
@@ -271,12 +286,16 @@ class Tensor:
     def transpose(self, a: int = -2, b: int = -1) -> Tensor:
         """Swap two axes (the last two by default)."""
         axes = list(range(self.ndim))
-        axes[a], axes[b] = axes[b], axes[a]
+        try:
+            axes[a], axes[b] = axes[b], axes[a]
+        except IndexError:
+            raise ValueError(f"transpose: a tensor of shape {self.shape} has no axes {a} and {b}") from None
         return self.permute(*axes)
 
     @property
     def T(self) -> Tensor:
-        return self.transpose()
+        """The last two axes swapped; a 0-d or 1-D tensor itself (as NumPy's .T)."""
+        return self.transpose() if self.ndim >= 2 else self
 
 
 Function.tensor_class = Tensor

@@ -293,3 +293,68 @@ def test_unknown_device():
 def test_reshape_error_names_the_shapes():
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 2\)"):
         Tensor(np.ones((2, 3))).reshape(4, 2)
+
+
+# ---- corners found by an API review ------------------------------------------------------------
+def test_an_accumulated_gradient_keeps_the_leaf_dtype():
+    x = Tensor(np.ones(2, np.float32), requires_grad=True)
+    for _ in range(2):  # a float64 operand makes the gradient float64 on its way down
+        (x * np.ones(2)).sum().backward()
+    assert x.grad.dtype == np.float32 and (x.grad == 2).all()
+
+
+def test_numpy_integer_axes_reduce_and_differentiate():
+    x = leaf(np.arange(6.0).reshape(2, 3))
+    (x.sum(axis=np.int64(1)).sum() + x.max(axis=np.int64(0)).sum() + x.mean(axis=np.int64(1)).sum()).backward()
+    np.testing.assert_allclose(x.grad, 1 + np.array([[0, 0, 0], [1, 1, 1]]) + 1 / 3)
+
+
+def test_mean_of_nothing_is_nan_and_a_bad_axis_names_itself():
+    assert np.isnan(Tensor(np.ones((2, 0))).mean(axis=1).data).all()
+    with pytest.raises(np.exceptions.AxisError):
+        Tensor(np.ones((2, 3))).mean(axis=2)
+
+
+def test_matmul_with_an_empty_inner_axis_gives_zeros():
+    a, b = leaf(np.ones((2, 3, 0))), leaf(np.ones((0, 4)))
+    out = a @ b
+    np.testing.assert_array_equal(out.data, np.zeros((2, 3, 4)))
+    out.sum().backward()
+    assert a.grad.shape == (2, 3, 0) and b.grad.shape == (0, 4)
+
+
+def test_transposing_fewer_than_two_axes():
+    x = Tensor(np.arange(3.0))
+    assert x.T is x and Tensor(1.0).T.shape == ()
+    with pytest.raises(ValueError, match="no axes"):
+        x.transpose(0, 1)
+
+
+def test_a_backward_of_the_wrong_shape_is_named():
+    from nanograd.function import Function
+
+    class Bad(Function):
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, g):
+            return (g[:1],)
+
+    with pytest.raises(ValueError, match=r"Bad.backward .* shape \(1,\) for an input of shape \(2,\)"):
+        Bad.apply(leaf([1.0, 2.0])).sum().backward()
+
+
+def test_no_grad_decorates_without_parentheses():
+    @no_grad
+    def double(t):
+        return t * 2
+
+    assert not double(leaf([1.0])).requires_grad and double.__name__ == "double"
+
+
+def test_tensors_become_numbers_and_arrays_only_outside_the_graph():
+    assert float(Tensor([2.5])) == 2.5
+    np.testing.assert_array_equal(np.asarray(Tensor([1.0, 2.0])), [1.0, 2.0])
+    assert Tensor([Tensor(1.0), Tensor(2.0)]).shape == (2,)
+    with pytest.raises(TypeError, match="requires grad"):
+        np.exp(leaf([1.0]))  # would silently leave the graph

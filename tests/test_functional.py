@@ -362,3 +362,32 @@ def test_masked_fill_with_a_broadcast_mask():
     np.testing.assert_array_equal(out.data, [[0.0, -9.0, 2.0], [3.0, -9.0, 5.0]])
     out.sum().backward()
     np.testing.assert_array_equal(x.grad, [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
+
+
+# ---- corners found by an API review ------------------------------------------------------------
+def test_float16_softmax_shifts_each_row():
+    x = np.array([[0.0, 1.0], [-30.0, -29.0]], np.float16)  # e^-30 underflows in float16
+    expected = np.exp([0.0, 1.0]) / np.exp([0.0, 1.0]).sum()
+    np.testing.assert_allclose(F.softmax(Tensor(x)).data.astype(float), [expected, expected], rtol=1e-3)
+    assert np.isfinite(F.log_softmax(Tensor(x)).data).all()
+    assert np.isfinite(F.cross_entropy(Tensor(x), [0, 1]).data)
+
+
+def test_relu_of_minus_infinity_is_zero():
+    np.testing.assert_array_equal(F.relu(Tensor(np.array([-np.inf, -1.0, 2.0]))).data, [0.0, 0.0, 2.0])
+
+
+def test_where_takes_two_numbers_and_names_bad_shapes():
+    np.testing.assert_array_equal(F.where(np.array([True, False]), 1.0, 0.0).data, [1.0, 0.0])
+    with pytest.raises(ValueError, match="where"):
+        F.where(np.array([True, False]), Tensor(np.ones(3)), 0.0)
+
+
+def test_layer_norm_and_embedding_check_their_parameters():
+    x = Tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="bias of shape"):
+        F.layer_norm(x, Tensor(np.ones(3)), Tensor(np.ones(4)))
+    with pytest.raises(ValueError, match="last axis"):
+        F.layer_norm(Tensor(np.ones((2, 0))), Tensor(np.ones(0)))
+    with pytest.raises(ValueError, match=r"\(V, C\) table"):
+        F.embedding([0, 1], Tensor(np.ones(3), requires_grad=True))

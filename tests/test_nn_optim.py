@@ -331,3 +331,32 @@ def test_cosine_schedule():
     assert lr(60) == pytest.approx(0.55)  # halfway through the decay
     assert lr(110) == pytest.approx(0.1) and lr(500) == pytest.approx(0.1)
     assert all(lr(s) >= lr(s + 1) for s in range(10, 120))
+
+
+# ---- corners found by an API review ------------------------------------------------------------
+def test_adamw_takes_in_data_replaced_after_it_was_made():
+    lin = nn.Linear(2, 2)
+    opt = optim.AdamW(lin.parameters(), lr=0.1, weight_decay=0.0)
+    lin.weight.data = np.zeros((2, 2), np.float32)  # a custom initialisation, after the optimizer
+    lin(Tensor(np.ones((1, 2), np.float32))).sum().backward()
+    opt.step()
+    np.testing.assert_allclose(lin.weight.data, -0.1, rtol=1e-5)  # Adam's first step: lr * sign(g)
+    lin.weight.data = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        opt.step()
+
+
+def test_clipping_finds_the_norm_of_gradients_whose_squares_overflow_float32():
+    p = nn.Parameter(np.zeros(2, np.float32))
+    p.grad = np.full(2, 1e20, np.float32)
+    norm = optim.clip_grad_norm([p], 1.0)
+    assert math.isclose(norm, math.sqrt(2) * 1e20, rel_tol=1e-6)
+    np.testing.assert_allclose(p.grad, 1 / math.sqrt(2), rtol=1e-5)
+
+
+def test_load_state_dict_takes_tensors_and_lists():
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    b.load_state_dict(dict(a.named_parameters()))
+    np.testing.assert_array_equal(b.weight.data, a.weight.data)
+    b.load_state_dict({"weight": [[1, 2], [3, 4]], "bias": [0, 0]})
+    np.testing.assert_array_equal(b.weight.data, [[1, 2], [3, 4]])

@@ -95,6 +95,10 @@ class Module:
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         for name, p in params.items():
             value = state[name]
+            if isinstance(value, Tensor):  # e.g. from dict(other.named_parameters())
+                value = value.data
+            elif not hasattr(value, "shape"):  # nested lists
+                value = np.asarray(value, dtype=p.dtype)
             if tuple(value.shape) != p.shape:
                 raise ValueError(
                     f"load_state_dict: {name} has shape {tuple(value.shape)} in the state, "

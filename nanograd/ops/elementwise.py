@@ -127,7 +127,7 @@ class Relu(Function):
 
     def forward(self, x):
         self.positive = x > 0
-        return x * self.positive
+        return array_module(x).where(self.positive, x, x.dtype.type(0))  # (x * positive: -inf * 0 = nan)
 
     def backward(self, g):
         return (g * self.positive,)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..function import Function, broadcast_shape
 
 
@@ -12,7 +14,7 @@ def _swap_last(x):
 def _rows(x):
     """(..., k) -> (N, k): all leading axes as rows of one matrix, so BLAS runs one big GEMM
     (NumPy would otherwise loop over the leading axes, one small product each)."""
-    return x.reshape(-1, x.shape[-1])
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (not -1: k may be 0)
 
 
 class MatMul(Function):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from ..backend import array_module
 from ..function import Function
 
@@ -12,7 +14,7 @@ def _keep_reduced_axes(g, in_shape, axis, keepdims):
         return g
     if axis is None:
         return g.reshape((1,) * len(in_shape))
-    axes = (axis,) if isinstance(axis, int) else axis
+    axes = (axis,) if isinstance(axis, numbers.Integral) else axis  # (a NumPy integer too)
     axes = sorted(a % len(in_shape) for a in axes)
     shape = list(g.shape)
     for a in axes:
