@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import blas_threads, setup_torch, time_calls  # noqa: E402
 
 import nanograd  # noqa: E402
+from gpt.errors import exit_status  # noqa: E402
 from nanograd import Tensor  # noqa: E402
 from nanograd import functional as F  # noqa: E402
 
@@ -173,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))  # a bad flag or file: one line, exit 2 (gpt.errors)

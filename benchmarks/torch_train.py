@@ -25,6 +25,7 @@ from torch_gpt import TorchGPT, copy_weights  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt.data import CharDataset, load_text  # noqa: E402
+from gpt.errors import exit_status  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.train import lr_at  # noqa: E402
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     config = TrainConfig(**PRESETS["baby"])
     if args.max_iters is not None:
         config.max_iters = args.max_iters
+        config.validate()
     dataset = CharDataset(load_text(args.data), val_fraction=config.val_fraction)
     nanograd.manual_seed(config.seed)  # nanograd's initial weights, copied into the torch model
     model = TorchGPT(config.model_config(dataset.vocab_size))
@@ -83,4 +85,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))  # a bad flag or file: one line, exit 2 (gpt.errors)

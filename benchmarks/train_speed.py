@@ -45,6 +45,7 @@ from common import (  # noqa: E402
 )
 
 import nanograd  # noqa: E402
+from gpt.errors import exit_status  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model, parameter_groups  # noqa: E402
 from gpt.train import train_step  # noqa: E402
 from nanograd import optim  # noqa: E402
@@ -274,4 +275,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))  # a bad flag or file: one line, exit 2 (gpt.errors)
