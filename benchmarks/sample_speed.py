@@ -25,7 +25,7 @@ from common import check_device_or_exit, time_calls  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt import sampling  # noqa: E402
-from gpt.errors import exit_status  # noqa: E402
+from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model, checkpoint_path, load_run  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object")
     args = p.parse_args(argv)
     if args.tokens < 1:
-        p.error("--tokens must be at least 1")
+        raise UserError("--tokens must be at least 1")
     args.device = check_device_or_exit(args.device)
     if args.out_dir:
         model = load_run(checkpoint_path(args.out_dir), args.device)[0]

@@ -21,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import blas_threads, torch_or_none  # noqa: E402
-from torch_gpt import TorchGPT, copy_weights  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt.data import CharDataset, load_text  # noqa: E402
@@ -39,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     torch = torch_or_none()
     if torch is None:
         raise SystemExit("error: PyTorch is not installed (pip install -e '.[bench]')")
+    from torch_gpt import TorchGPT, copy_weights  # (imports torch)
     torch.set_num_threads(blas_threads())
     config = TrainConfig(**PRESETS["baby"])
     if args.max_iters is not None:

@@ -45,7 +45,7 @@ from common import (  # noqa: E402
 )
 
 import nanograd  # noqa: E402
-from gpt.errors import exit_status  # noqa: E402
+from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model, parameter_groups  # noqa: E402
 from gpt.train import train_step  # noqa: E402
 from nanograd import optim  # noqa: E402
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     for name in ("steps", "rounds"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
+            raise UserError(f"--{name} must be at least 1")
     args.device = check_device_or_exit(args.device)
     config = config_for(args)
 

@@ -36,13 +36,16 @@ def _to_numpy(value: Any) -> np.ndarray:
 def save_checkpoint(path: str | Path, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
     """Write arrays and meta (JSON-serialisable) to path atomically.
 
-    Object arrays are refused (allow_pickle=False): they would need pickle to load."""
+    Object arrays are refused: they would need pickle to load."""
     path = Path(path)
     if META_KEY in arrays:
         raise ValueError(f"{META_KEY!r} is reserved for the metadata; rename that array")
     payload = {name: _to_numpy(value) for name, value in arrays.items()}
+    objects = [name for name, value in payload.items() if value.dtype.hasobject]
+    if objects:  # (checked here: np.savez takes allow_pickle only from NumPy 2.1 on)
+        raise ValueError(f"object arrays need pickle to load, and checkpoints never use it: {objects}")
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)  # before touching the disk
-    atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **payload))
+    atomic_write(path, lambda f: np.savez(f, **payload))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -115,4 +118,6 @@ def rng_from_json(state: dict[str, Any]) -> np.random.Generator:
         bit_generator.state = state
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise UserError(f"saved {name} random state is invalid ({type(exc).__name__}: {exc})") from None
+    if _lists_for_arrays(bit_generator.state) != state:  # out-of-range numbers that NumPy wrapped round
+        raise UserError(f"saved {name} random state is invalid (it does not read back as saved)")
     return np.random.Generator(bit_generator)

@@ -35,7 +35,7 @@ def exit_status(run: Callable[[], object], interrupted: str = "interrupted") -> 
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except MemoryError as exc:
-        print(f"error: out of memory ({exc or 'no details'}); try smaller sizes", file=sys.stderr)
+        print(f"error: out of memory ({str(exc) or 'no details'}); try smaller sizes", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(str(exc) if isinstance(exc, Interrupted) else interrupted, file=sys.stderr)

@@ -46,7 +46,7 @@ class TrainConfig:
     min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine decay"})
     warmup_iters: int = field(default=100, metadata={"help": "linear warm-up steps"})
     decay_lr: bool = field(default=True, metadata={"help": "cosine decay from lr to min_lr"})
-    lr_decay_iters: int | None = field(default=None, metadata={"help": "decay length (default: max_iters)"})
+    lr_decay_iters: int | None = field(default=None, metadata={"help": "decay length (default, or 0: max_iters)"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW decoupled weight decay (2-D weights only)"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})
@@ -73,8 +73,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 1:
             raise UserError(f"--workers must be positive, got {self.workers}")
-        if self.lr_decay_iters is not None and self.lr_decay_iters <= 0:
-            raise UserError(f"--lr-decay-iters must be positive, got {self.lr_decay_iters}")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < 0:
+            raise UserError(f"--lr-decay-iters must be 0 or more (0: max_iters), got {self.lr_decay_iters}")
         for name in ("max_iters", "warmup_iters", "sample_tokens", "seed"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")

@@ -59,8 +59,8 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
     device = check_device(args.device)
     model, config, tokenizer, _, _ = load_run(checkpoint_path(args.out_dir, best=args.best), device)
     model.eval()
-    if args.prompt is None:  # a newline starts a line of the play; a corpus without one starts anywhere
-        args.prompt = "\n" if "\n" in tokenizer.chars else tokenizer.chars[0]
+    if args.prompt is None:
+        args.prompt = sampling.default_prompt(tokenizer.chars)
     prompt = tokenizer.encode(args.prompt)
     if len(prompt) == 0:
         raise UserError("--prompt must not be empty")

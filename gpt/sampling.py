@@ -61,6 +61,12 @@ def probabilities(
     return probs
 
 
+def default_prompt(vocabulary: list[str]) -> str:
+    """What generation starts from when given nothing: a newline, as a line of the play
+    begins; a corpus without one starts from its first character."""
+    return "\n" if "\n" in vocabulary else vocabulary[0]
+
+
 def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One token per row of probs (B, V): inverse-CDF sampling with one uniform draw per row."""
     cdf = np.cumsum(probs, axis=-1)  # (B, V)
@@ -80,9 +86,14 @@ def stream(
 ) -> Iterator[np.ndarray]:
     """Yield max_new_tokens new tokens (B,) one at a time, continuing idx (B, t)."""
     rng = rng if rng is not None else np.random.default_rng()
-    idx = np.asarray(idx, dtype=np.int64)
-    if idx.ndim != 2 or idx.shape[1] == 0:
-        raise ValueError(f"idx must hold token ids of shape (B, t) with t >= 1, got shape {idx.shape}")
+    idx = np.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"idx must hold integer token ids, got {idx.dtype}")
+    if idx.ndim != 2 or 0 in idx.shape:
+        raise ValueError(f"idx must hold token ids of shape (B, t) with B, t >= 1, got shape {idx.shape}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+    idx = idx.astype(np.int64)
     if idx.min() < 0 or idx.max() >= model.vocab_size:  # (NumPy would wrap a negative id round)
         raise ValueError(f"idx must hold token ids in [0, {model.vocab_size}), got {idx.min()} to {idx.max()}")
     cache = model.new_cache() if use_cache else None
@@ -97,6 +108,6 @@ def stream(
 
 def generate(model: LanguageModel, idx: np.ndarray, max_new_tokens: int, **options: Any) -> np.ndarray:
     """idx (B, t) followed by max_new_tokens sampled tokens: (B, t + max_new_tokens)."""
+    new = list(stream(model, idx, max_new_tokens, **options))  # (stream checks idx)
     idx = np.asarray(idx, dtype=np.int64)
-    new = list(stream(model, idx, max_new_tokens, **options))
     return np.concatenate([idx] + [t[:, None] for t in new], axis=1) if new else idx

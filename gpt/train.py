@@ -204,6 +204,8 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
         metrics_path.write_text("")
 
     def save(path: Path) -> None:
+        if not all(bool(backend.array_module(p.data).isfinite(p.data).all()) for p in model.parameters()):
+            raise _diverged(f"the weights stopped being finite by step {state['step']}", out_dir)
         save_run(path, model, optimizer, config, tokenizer, {
             **state, "batch_rng": batch_rng.bit_generator.state,
             "dropout_rng": backend.generator("cpu").bit_generator.state})
@@ -267,7 +269,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     log(f"done: {state['step']} steps in {state['elapsed_s']:.1f}s, val loss {row.get('val_loss', float('nan')):.4f}; "
         f"checkpoint {checkpoint_path(out_dir)}")
     if config.sample_tokens:
-        prompt = tokenizer.encode("\n") if "\n" in tokenizer.chars else dataset.val[:1]
+        prompt = tokenizer.encode(sampling.default_prompt(tokenizer.chars))
         ids = sampling.generate(model, np.asarray(prompt, dtype=np.int64)[None, :], config.sample_tokens,
                                 rng=np.random.default_rng(config.seed))
         print(tokenizer.decode(ids[0]))
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     # a first Ctrl-C stops at the end of the step and saves (see _StopRequest); a second one
     # lands mid-step (or one during the final sample), and the last checkpoint is still whole
     return exit_status(lambda: run(args),
-                       interrupted="interrupted: the checkpoint written at the last evaluation is intact")
+                       interrupted="interrupted: the last checkpoint written, if any, is intact")
 
 
 if __name__ == "__main__":

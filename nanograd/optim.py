@@ -142,6 +142,7 @@ class _FlatGroup:
         """Keep the named flat arrays (FlatArrays' names) in the given ones from now on (same
         shapes; shared memory, for nanograd.parallel), their values copied over; the
         parameters follow."""
+        self.adopt_replaced_data()  # the buffer must hold the parameters' latest values first
         for name, new in arrays.items():
             new[...] = getattr(self, name)
             setattr(self, name, new)
@@ -172,8 +173,9 @@ class AdamW(Optimizer):
     Groups may set their own weight_decay, e.g. 0 for biases and LayerNorm weights (1-D).
     A parameter whose .grad is None is left alone (no decay, no moment update), as in PyTorch.
     One difference from PyTorch: t counts the optimizer's steps, not each parameter's, so a
-    parameter that missed steps takes a smaller bias-corrected step than PyTorch's would
-    after them (no parameter of the models here ever misses one).
+    parameter that missed steps gets other bias corrections than in PyTorch after them
+    (smaller steps after a few missed, larger after many; no parameter of the models here
+    ever misses one).
     Create the optimizer after moving the model to its device: it takes over the arrays (and
     takes in new values of a parameter whose .data is replaced later).
     """

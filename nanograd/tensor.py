@@ -294,7 +294,8 @@ class Tensor:
 
     @property
     def T(self) -> Tensor:
-        """The last two axes swapped; a 0-d or 1-D tensor itself (as NumPy's .T)."""
+        """The last two axes swapped (a matrix's transpose; PyTorch's .mT for more axes); a 0-d or
+        1-D tensor is its own transpose."""
         return self.transpose() if self.ndim >= 2 else self
 
 

@@ -44,4 +44,5 @@ def test_bad_flags_are_one_line_errors(script, args, message):
     result = bench(script, *args)
     if "PyTorch is not installed" in result.stderr:
         pytest.skip("torch_train.py needs PyTorch")
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    err = result.stderr.strip()
+    assert result.returncode == 2 and err.startswith("error:") and message in err and "\n" not in err

@@ -311,7 +311,7 @@ def test_numpy_integer_axes_reduce_and_differentiate():
 
 def test_mean_of_nothing_is_nan_and_a_bad_axis_names_itself():
     assert np.isnan(Tensor(np.ones((2, 0))).mean(axis=1).data).all()
-    with pytest.raises(np.exceptions.AxisError):
+    with pytest.raises(ValueError, match="axis 2"):  # NumPy's AxisError
         Tensor(np.ones((2, 3))).mean(axis=2)
 
 

@@ -373,8 +373,8 @@ def test_float16_softmax_shifts_each_row():
     assert np.isfinite(F.cross_entropy(Tensor(x), [0, 1]).data)
 
 
-def test_relu_of_minus_infinity_is_zero():
-    np.testing.assert_array_equal(F.relu(Tensor(np.array([-np.inf, -1.0, 2.0]))).data, [0.0, 0.0, 2.0])
+def test_relu_of_minus_infinity_is_zero_and_nan_stays():
+    np.testing.assert_array_equal(F.relu(Tensor(np.array([-np.inf, -1.0, 2.0, np.nan]))).data, [0.0, 0.0, 2.0, np.nan])
 
 
 def test_where_takes_two_numbers_and_names_bad_shapes():

@@ -87,11 +87,18 @@ def test_cached_generation_with_a_one_token_block():
     (np.array([[1, -1]]), "in \\[0, "),  # NumPy would wrap -1 round to the last token
     (np.array([[1, TINY["vocab_size"]]]), "in \\[0, "),
     (np.zeros((1, 0), dtype=np.int64), "t >= 1"),
+    (np.zeros((0, 2), dtype=np.int64), "t >= 1"),
     (np.array([1, 2]), "shape \\(B, t\\)"),
+    (np.array([[1.9, 2.2]]), "integer"),
 ])
 def test_generate_refuses_a_bad_prompt(idx, message, use_cache):
     with pytest.raises(ValueError, match=message):
         tiny_gpt().generate(idx, 3, rng=np.random.default_rng(0), use_cache=use_cache)
+
+
+def test_generate_refuses_a_negative_count():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny_gpt().generate(np.array([[1]]), -4)
 
 
 def test_the_bigram_generates_with_the_same_options_as_gpt():

@@ -213,6 +213,15 @@ def test_a_replaced_weight_array_is_refused():
             parallel.loss(loss_of, *batch(4))
 
 
+def test_a_weight_replaced_before_the_workers_start_is_kept():
+    model = tiny_gpt()
+    opt = optim.AdamW(model.parameters(), lr=0.1)
+    p = model.parameters()[0]
+    p.data = np.full(p.shape, 0.5, np.float32)  # after the optimizer, before DataParallel
+    with DataParallel(model, 2, opt):
+        assert (p.data == 0.5).all()
+
+
 def test_a_worker_that_dies_before_the_shared_update_is_reported():
     """The step is then half done, but a parameter without a gradient is still left alone."""
     model = tiny_gpt()

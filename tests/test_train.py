@@ -129,7 +129,7 @@ def test_sampler_is_seeded_and_stops(text_file, tmp_path, capsys):
     (["--beta1", "-0.1"], "--beta1 must be in [0, 1)"),
     (["--beta2", "1"], "--beta2 must be in [0, 1)"),
     (["--seed", "-1"], "--seed must be 0 or more"),
-    (["--lr-decay-iters", "-5"], "--lr-decay-iters must be positive"),
+    (["--lr-decay-iters", "-5"], "--lr-decay-iters must be 0 or more"),
     (["--resume", "--overwrite"], "give one"),
 ])
 def test_bad_flags_get_one_line_errors(text_file, tmp_path, capsys, args, message):
@@ -270,6 +270,21 @@ def test_a_loss_that_diverges_at_an_evaluation_is_not_saved(text_file, tmp_path,
     rows = read_metrics(out)
     assert meta["step"] == rows[-1]["step"] and math.isfinite(rows[-1]["val_loss"])  # the last finite one
     assert all(np.isfinite(a).all() for a in arrays.values())
+
+
+def test_weights_that_are_no_longer_finite_are_never_saved(tmp_path):
+    from gpt.bigram import BigramLanguageModel
+    from gpt.errors import UserError
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("abc" * 300 + "Q")  # Q comes last: never an input, so its row never reaches a loss
+    model = BigramLanguageModel(4)
+    model.token_embedding_table.weight.data[0] = np.nan  # Q's row (Q sorts first)
+    config = run.TrainConfig(model="bigram", data=str(corpus), out_dir=str(tmp_path / "run"), max_iters=0,
+                             batch_size=4, block_size=8, eval_iters=2, sample_tokens=0, quiet=True, workers=1)
+    with pytest.raises(UserError, match="weights stopped being finite by step 0; no checkpoint was written"):
+        train.train(config, model=model)
+    assert not (tmp_path / "run" / "ckpt.npz").exists() and not (tmp_path / "run" / "best.npz").exists()
 
 
 def test_a_new_run_does_not_replace_an_earlier_one(text_file, tmp_path, capsys):

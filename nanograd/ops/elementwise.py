@@ -127,7 +127,7 @@ class Relu(Function):
 
     def forward(self, x):
         self.positive = x > 0
-        return array_module(x).where(self.positive, x, x.dtype.type(0))  # (x * positive: -inf * 0 = nan)
+        return array_module(x).maximum(x, x.dtype.type(0))  # (not x * positive: -inf * 0 is nan)
 
     def backward(self, g):
         return (g * self.positive,)
