@@ -93,7 +93,7 @@ def stream(
         raise ValueError(f"idx must hold token ids of shape (B, t) with B, t >= 1, got shape {idx.shape}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-    idx = idx.astype(np.int64)
+    idx = idx.astype(np.int64, copy=False)  # (a copy only for other integer types)
     if idx.min() < 0 or idx.max() >= model.vocab_size:  # (NumPy would wrap a negative id round)
         raise ValueError(f"idx must hold token ids in [0, {model.vocab_size}), got {idx.min()} to {idx.max()}")
     cache = model.new_cache() if use_cache else None
