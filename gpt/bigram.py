@@ -36,9 +36,16 @@ class BigramLanguageModel(nn.Module):
         self.token_embedding_table.weight.data *= 0.01
 
     def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
-        """idx (B, T) ids -> logits (B, T, V), and the mean cross-entropy if targets are given."""
+        """idx (B, T) ids -> logits (B, T, V), and the mean cross-entropy if targets are given.
+
+        The loss is taken from the table, not from the logits: positions with the same
+        character share a row of logits, so one log softmax per row of the table (V rows
+        instead of B*T) and the counts of (character, next character) pairs give the same
+        loss and gradient (F.embedding_cross_entropy)."""
+        table = self.token_embedding_table.weight  # (V, V)
         logits = self.token_embedding_table(idx)  # (B, T, V)
-        return logits, next_token_loss(logits, targets)
+        loss = None if targets is None else F.embedding_cross_entropy(table, idx, targets)
+        return logits, loss
 
     def new_cache(self) -> None:
         return None  # only the last token matters: there is nothing to cache

@@ -217,6 +217,7 @@ def _gradcheck_cases(rng: np.random.Generator) -> dict:
         "gelu": (F.gelu, [t(4, 5)]),
         "matmul": (lambda a, b: a @ b, [t(2, 3, 4), t(4, 5)]),
         "embedding": (lambda w: F.embedding(ids, w), [t(5, 4)]),
+        "embedding_cross_entropy": (lambda w: F.embedding_cross_entropy(w, ids, ids[::-1]), [t(5, 5)]),
         "attention": (F.scaled_dot_product_attention, [t(2, 2, 4, 3), t(2, 2, 4, 3), t(2, 2, 4, 3)]),
     }
 
@@ -297,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     topic("cost", cost, "forward time against block size", data=False).add_argument(
         "--block-sizes", type=positive_int, nargs="+", default=[64, 128, 256, 512])
     p = topic("gradcheck", gradcheck, "check an op's gradient against finite differences", data=False)
-    p.add_argument("op", choices=["softmax", "cross_entropy", "layer_norm", "gelu", "matmul", "embedding", "attention"])
+    p.add_argument("op", choices=["softmax", "cross_entropy", "layer_norm", "gelu", "matmul", "embedding",
+                                  "embedding_cross_entropy", "attention"])
     return parser
 
 

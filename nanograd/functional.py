@@ -50,6 +50,20 @@ def embedding(idx: Any, weight: Tensor) -> Tensor:
     return ops.Embedding.apply(weight, idx=idx)
 
 
+def embedding_cross_entropy(weight: Tensor, idx: Any, targets: Any) -> Tensor:
+    """cross_entropy(embedding(idx, weight), targets) with the rows' logits looked up from
+    weight (R, V): idx and targets share a shape. One log softmax per table row instead of
+    one per position (see ops.EmbeddingCrossEntropy): the bigram model's loss."""
+    if weight.ndim != 2:
+        raise ValueError(f"embedding_cross_entropy: weight must be an (R, V) table, got shape {weight.shape}")
+    idx, targets = _array(idx, weight), _array(targets, weight)
+    if idx.dtype.kind not in "iu" or targets.dtype.kind not in "iu":
+        raise TypeError(f"embedding_cross_entropy: ids and targets must be integers, got {idx.dtype}, {targets.dtype}")
+    if idx.size == 0:
+        raise ValueError("embedding_cross_entropy: no ids (the mean of no losses is undefined)")
+    return ops.EmbeddingCrossEntropy.apply(weight, idx=idx, targets=targets)
+
+
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise the last axis to mean 0, variance 1, then scale by weight and shift by bias."""
     if x.ndim == 0 or x.shape[-1] == 0:

@@ -197,6 +197,14 @@ def cross_entropy(draw):
 
 
 @st.composite
+def embedding_cross_entropy(draw):
+    r, v = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    shape = draw(shapes(max_dims=2))
+    idx, targets = draw(int_array(shape, r)), draw(int_array(shape, v))
+    return (lambda w: F.embedding_cross_entropy(w, idx, targets)), (draw(tensor((r, v), st.floats(-5, 5))),)
+
+
+@st.composite
 def embedding(draw):
     v, c = draw(st.integers(1, 5)), draw(st.integers(1, 4))
     idx = draw(int_array(draw(shapes(max_dims=3)), v))

@@ -60,6 +60,7 @@ OPS = {
     "log_softmax": S.softmaxes(F.log_softmax),
     "cross_entropy": S.cross_entropy(),
     "embedding": S.embedding(),
+    "embedding_cross_entropy": S.embedding_cross_entropy(),
     "layer_norm": S.layer_norm(),
     "dropout": S.dropout(),
     "where": S.where(),

@@ -7,6 +7,7 @@ from .nn import (
     CrossEntropy,
     Dropout,
     Embedding,
+    EmbeddingCrossEntropy,
     Gelu,
     LayerNorm,
     LogSoftmax,
@@ -17,7 +18,7 @@ from .nn import (
 from .reduce import Max, Sum
 
 __all__ = [
-    "Add", "Concat", "CrossEntropy", "Div", "Dropout", "Embedding", "Exp", "Gelu", "GetItem",
+    "Add", "Concat", "CrossEntropy", "Div", "Dropout", "Embedding", "EmbeddingCrossEntropy", "Exp", "Gelu", "GetItem",
     "LayerNorm", "Log", "LogSoftmax", "MatMul", "Max", "Mul", "Neg", "Permute", "Pow", "Relu",
     "Reshape", "ScaledDotProductAttention", "SelfAttention", "Softmax", "Sqrt", "Stack", "Sub", "Sum", "Tanh",
     "Where",

@@ -168,6 +168,54 @@ class Embedding(Function):
         return (dweight,)
 
 
+class EmbeddingCrossEntropy(Function):
+    """loss = cross_entropy(weight[idx], targets): logits looked up from a table, as in the
+    bigram model. weight (R, V), idx and targets of one shape (N ids in all).
+
+    Every position that reads row a has the same logits, so log softmax is taken once per
+    table row (R rows) instead of once per position (N rows):
+        loss = -(1/N) sum_n logp[idx_n, t_n],   logp = log_softmax(weight) (R, V)
+    and the gradient gathers the positions by row, with counts:
+        dL/dweight[a] = g * (n_a * softmax(weight[a]) - C[a]) / N
+    where n_a counts the positions that read row a and C[a, v] those of them whose target is
+    v (the counts of the lecture's counting bigram; docs/03-bigram.md). The same numbers as an
+    embedding followed by cross_entropy, cheaper where N > R (the bigram preset: N 256, R 65),
+    with no (N, V) array and no scatter-add.
+    """
+
+    def forward(self, weight, idx, targets):
+        xp = array_module(weight)
+        R, V = weight.shape
+        if targets.shape != idx.shape:
+            raise ValueError(f"embedding_cross_entropy: targets of shape {targets.shape} for ids {idx.shape}")
+        _check_ids(idx, R, "embedding_cross_entropy ids")
+        _check_ids(targets, V, "embedding_cross_entropy targets")
+        rows = idx.reshape(-1).astype(xp.int64, copy=False)  # (N,), wide enough for rows * V
+        self.pairs = rows * V + targets.reshape(-1)  # (N,) flat index of (idx_n, t_n) in (R, V)
+        self.row_counts = xp.bincount(rows, minlength=R).astype(weight.dtype)  # (R,) n_a
+        shifted = weight - _exp_shift(weight, axis=1)  # (R, V), at most 0: exp cannot overflow
+        exp = xp.exp(shifted)  # (R, V)
+        sum_exp = _row_sum(exp)  # (R, 1)
+        # -sum_n log p[idx_n, t_n] = sum_a n_a log sum exp(shifted_a) - sum_n shifted[idx_n, t_n];
+        # a row that no position reads adds nothing, even if it holds inf or NaN (0 * NaN is NaN)
+        unread = self.row_counts == 0  # (R,)
+        log_sum_exp = xp.where(unread, 0, xp.log(sum_exp[:, 0]))  # (R,)
+        loss = (self.row_counts @ log_sum_exp - shifted.reshape(-1)[self.pairs].sum()) / len(rows)
+        exp /= sum_exp  # now softmax(weight), reused by backward
+        exp[unread] = 0  # no gradient for unread rows
+        self.probs = exp
+        return loss.astype(weight.dtype)
+
+    def backward(self, g):
+        xp = array_module(g)
+        R, V = self.probs.shape
+        pair_counts = xp.bincount(self.pairs, minlength=R * V).reshape(R, V)  # (R, V) C[a, v]
+        dweight = self.probs * self.row_counts[:, None]  # (R, V) n_a p_a
+        dweight -= pair_counts
+        dweight *= g / len(self.pairs)
+        return (dweight,)
+
+
 class LayerNorm(Function):
     """y = (x - mean) / sqrt(var + eps) * w + b over the last axis; x (..., C), w and b (C,).
 
