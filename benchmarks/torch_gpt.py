@@ -89,12 +89,22 @@ class TorchGPT(nn.Module):
 
 
 class TorchBigram(nn.Module):
-    def __init__(self, vocab_size: int):
+    """The lecture's bigram: a lookup, then cross_entropy. With counts=True, the loss is taken
+    from the table and the (character, next character) counts instead, as gpt/bigram.py
+    takes it (F.embedding_cross_entropy): the same number, by the other route."""
+
+    def __init__(self, vocab_size: int, counts: bool = False):
         super().__init__()
         self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
         nn.init.normal_(self.token_embedding_table.weight, 0.0, 0.01)
+        self.counts = counts
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.counts:
+            V = self.token_embedding_table.num_embeddings
+            pairs = torch.bincount((idx * V + targets).reshape(-1), minlength=V * V).view(V, V)
+            log_probs = F.log_softmax(self.token_embedding_table.weight, dim=1)  # (V, V)
+            return -(pairs * log_probs).sum() / idx.numel()
         logits = self.token_embedding_table(idx)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 

@@ -105,13 +105,15 @@ def nanograd_trainer(config: TrainConfig) -> tuple[Any, DataParallel, Step]:
     return model, parallel, step
 
 
-def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = None) -> Step:
+def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = None,
+                  bigram_counts: bool = False) -> Step:
     """One training step of the PyTorch twin (benchmarks/torch_gpt.py). Given the nanograd
-    model, first copies its weights over and checks that both give the same loss."""
+    model, first copies its weights over and checks that both give the same loss.
+    bigram_counts: the bigram twin takes its loss from counts, as nanograd's does."""
     from torch_gpt import TorchBigram, TorchGPT, check_same_loss
 
     torch.manual_seed(0)
-    model = TorchBigram(VOCAB) if config.model == "bigram" else TorchGPT(config.model_config(VOCAB))
+    model = TorchBigram(VOCAB, bigram_counts) if config.model == "bigram" else TorchGPT(config.model_config(VOCAB))
     model.to(config.device)
     x, y = random_batch(config)
     if nanograd_model is not None:
@@ -138,7 +140,7 @@ def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: M
     model, parallel, ours = nanograd_trainer(config)
     steps = {"nanograd": ours}
     if torch is not None:
-        steps["torch"] = torch_trainer(torch, config, model)
+        steps["torch"] = torch_trainer(torch, config, model, args.torch_counts)
     for step in steps.values():  # warm-up: the first calls allocate memory and fill caches
         for _ in range(args.warmup):
             step()
@@ -155,6 +157,8 @@ def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: M
     if torch is not None:
         rows[0]["nanograd_over_torch"] = round(rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"], 3)
         rows[1]["torch_version"] = torch.__version__
+        if config.model == "bigram":
+            rows[1]["bigram_loss"] = "counts" if args.torch_counts else "lookup"
     return rows
 
 
@@ -239,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep", action="store_true", help="block size (64..512) x width (128..384)")
     p.add_argument("--memory", action="store_true", help="peak memory of each implementation, in fresh processes")
     p.add_argument("--no-torch", action="store_true", help="time nanograd alone")
+    p.add_argument("--torch-counts", action="store_true",
+                   help="bigram: PyTorch takes its loss from pair counts too, as nanograd does (default: "
+                        "the lecture's lookup then cross_entropy)")
     p.add_argument("--memory-child", choices=("nanograd", "torch"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("steps", "rounds"):

@@ -46,3 +46,25 @@ def test_bad_flags_are_one_line_errors(script, args, message):
         pytest.skip("torch_train.py needs PyTorch")
     err = result.stderr.strip()
     assert result.returncode == 2 and err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_the_pytorch_bigram_gives_the_same_loss_and_gradient_by_counts_as_by_lookup():
+    """benchmarks/train_speed.py --torch-counts times the PyTorch bigram written as nanograd's
+    (the loss from pair counts): it must be the same model, with the same gradient."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from torch_gpt import TorchBigram
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    idx, targets = torch.randint(0, 11, (4, 9)), torch.randint(0, 11, (4, 9))
+    grads = []
+    for counts in (False, True):
+        torch.manual_seed(0)
+        model = TorchBigram(11, counts=counts)
+        loss = model(idx, targets)
+        loss.backward()
+        grads.append((loss.item(), model.token_embedding_table.weight.grad))
+    (lookup_loss, lookup_grad), (counts_loss, counts_grad) = grads
+    assert counts_loss == pytest.approx(lookup_loss, rel=1e-6)
+    torch.testing.assert_close(counts_grad, lookup_grad, rtol=1e-5, atol=1e-7)

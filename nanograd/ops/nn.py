@@ -211,7 +211,7 @@ class EmbeddingCrossEntropy(Function):
         R, V = self.probs.shape
         pair_counts = xp.bincount(self.pairs, minlength=R * V).reshape(R, V)  # (R, V) C[a, v]
         dweight = self.probs * self.row_counts[:, None]  # (R, V) n_a p_a
-        dweight -= pair_counts
+        dweight -= pair_counts.astype(dweight.dtype)  # (a float copy: subtracting int64 is slower)
         dweight *= g / len(self.pairs)
         return (dweight,)
 
