@@ -180,14 +180,14 @@ def print_row(rows: list[dict]) -> None:
     print(line, flush=True)
 
 
-def memory_child(config: TrainConfig, impl: str, steps: int) -> None:
+def memory_child(config: TrainConfig, impl: str, steps: int, bigram_counts: bool) -> None:
     """In a fresh process: print the peak RSS (KiB on Linux) after the imports, after `steps`
     training steps, and of nanograd's worker processes together (0 if none). Only this
     implementation's libraries are imported, so nothing else counts."""
     torch = setup_torch(config.device) if impl == "torch" else None
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if torch is not None:
-        step, workers = torch_trainer(torch, config), []
+        step, workers = torch_trainer(torch, config, bigram_counts=bigram_counts), []
     else:
         _, parallel, step = nanograd_trainer(config)
         workers = parallel.worker_pids
@@ -253,9 +253,12 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--{name} must be at least 1")
     args.device = check_device_or_exit(args.device)
     config = config_for(args)
+    if args.torch_counts and (config.model != "bigram" or args.sweep or args.no_torch):
+        raise UserError("--torch-counts changes the PyTorch twin of the bigram: use it with --preset bigram, "
+                        "without --sweep or --no-torch")
 
     if args.memory_child:
-        return memory_child(config, args.memory_child, args.steps)
+        return memory_child(config, args.memory_child, args.steps, args.torch_counts)
     if args.memory:
         return measure_memory(args, argv)
 
@@ -268,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
                    for t in SWEEP_BLOCKS for c in SWEEP_WIDTHS]
     if not args.json:
         print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {args.device}, BLAS threads: {blas_threads()}"
-              + (f", torch {torch.__version__}" if torch is not None else ""))
+              + (f", torch {torch.__version__}" if torch is not None else "")
+              + (", torch's bigram loss from counts (--torch-counts)" if args.torch_counts else ""))
         print_header(torch is not None)
     for cfg in configs:
         rows = measure(cfg, args, peak, torch)

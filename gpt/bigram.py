@@ -19,14 +19,6 @@ from nanograd import functional as F
 from . import sampling
 
 
-def next_token_loss(logits: Tensor, targets: Any) -> Tensor | None:
-    """Mean cross-entropy of logits (B, T, V) against targets (B, T): the two share B*T rows."""
-    if targets is None:
-        return None
-    B, T, V = logits.shape
-    return F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
-
-
 class BigramLanguageModel(nn.Module):
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
@@ -39,12 +31,12 @@ class BigramLanguageModel(nn.Module):
         """idx (B, T) ids -> logits (B, T, V), and the mean cross-entropy if targets are given.
 
         The loss is taken from the table, not from the logits: positions with the same
-        character share a row of logits, so one log softmax per row of the table (V rows
-        instead of B*T) and the counts of (character, next character) pairs give the same
-        loss and gradient (F.embedding_cross_entropy)."""
+        character share a row of logits, so one log softmax per row that the batch reads (at
+        most V, instead of B*T) and the counts of (character, next character) pairs give the
+        same loss and gradient (F.embedding_cross_entropy)."""
         table = self.token_embedding_table.weight  # (V, V)
         logits = self.token_embedding_table(idx)  # (B, T, V)
-        loss = None if targets is None else F.embedding_cross_entropy(table, idx, targets)
+        loss = None if targets is None else F.embedding_cross_entropy(idx, table, targets)
         return logits, loss
 
     def new_cache(self) -> None:

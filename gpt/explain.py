@@ -217,7 +217,7 @@ def _gradcheck_cases(rng: np.random.Generator) -> dict:
         "gelu": (F.gelu, [t(4, 5)]),
         "matmul": (lambda a, b: a @ b, [t(2, 3, 4), t(4, 5)]),
         "embedding": (lambda w: F.embedding(ids, w), [t(5, 4)]),
-        "embedding_cross_entropy": (lambda w: F.embedding_cross_entropy(w, ids, ids[::-1]), [t(5, 5)]),
+        "embedding_cross_entropy": (lambda w: F.embedding_cross_entropy(ids, w, ids[::-1]), [t(5, 5)]),
         "attention": (F.scaled_dot_product_attention, [t(2, 2, 4, 3), t(2, 2, 4, 3), t(2, 2, 4, 3)]),
     }
 

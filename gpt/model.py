@@ -16,9 +16,16 @@ from nanograd import Tensor, nn
 from nanograd import functional as F
 from nanograd.backend import generator
 
-from .bigram import next_token_loss
 from .errors import UserError
 from .kvcache import KVCache
+
+
+def next_token_loss(logits: Tensor, targets: Any) -> Tensor | None:
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T): the two share B*T rows."""
+    if targets is None:
+        return None
+    B, T, V = logits.shape
+    return F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
 
 
 @dataclass

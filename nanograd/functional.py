@@ -50,10 +50,11 @@ def embedding(idx: Any, weight: Tensor) -> Tensor:
     return ops.Embedding.apply(weight, idx=idx)
 
 
-def embedding_cross_entropy(weight: Tensor, idx: Any, targets: Any) -> Tensor:
-    """cross_entropy(embedding(idx, weight), targets) with the rows' logits looked up from
-    weight (R, V): idx and targets share a shape. One log softmax per table row instead of
-    one per position (see ops.EmbeddingCrossEntropy): the bigram model's loss."""
+def embedding_cross_entropy(idx: Any, weight: Tensor, targets: Any) -> Tensor:
+    """cross_entropy(embedding(idx, weight), targets) for a table weight (R, V) of logits:
+    idx and targets share a shape. One log softmax per row that idx reads instead of one per
+    position (see ops.EmbeddingCrossEntropy): the bigram model's loss. It pays where ids
+    repeat (N positions reading few rows); its memory grows with (rows read) x V."""
     if weight.ndim != 2:
         raise ValueError(f"embedding_cross_entropy: weight must be an (R, V) table, got shape {weight.shape}")
     idx, targets = _array(idx, weight), _array(targets, weight)

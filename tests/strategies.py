@@ -201,7 +201,7 @@ def embedding_cross_entropy(draw):
     r, v = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     shape = draw(shapes(max_dims=2))
     idx, targets = draw(int_array(shape, r)), draw(int_array(shape, v))
-    return (lambda w: F.embedding_cross_entropy(w, idx, targets)), (draw(tensor((r, v), st.floats(-5, 5))),)
+    return (lambda w: F.embedding_cross_entropy(idx, w, targets)), (draw(tensor((r, v), st.floats(-5, 5))),)
 
 
 @st.composite

@@ -39,6 +39,7 @@ def test_sample_speed_compares_the_cache_with_recomputing():
     ("sample_speed.py", ["--tokens", "0"], "--tokens must be at least 1"),
     ("sample_speed.py", ["--out-dir", "/nonexistent/run"], "no checkpoint"),
     ("torch_train.py", ["--max-iters", "-3"], "--max-iters must be 0 or more"),
+    ("train_speed.py", ["--preset", "baby", "--torch-counts"], "--torch-counts changes the PyTorch twin of the bigram"),
 ])
 def test_bad_flags_are_one_line_errors(script, args, message):
     result = bench(script, *args)

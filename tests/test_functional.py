@@ -69,19 +69,23 @@ def test_embedding_cross_entropy_is_a_lookup_then_cross_entropy(data):
     values and gradients of embedding followed by cross_entropy, repeated ids included."""
     R, V = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
     shape = data.draw(st.sampled_from([(1,), (7,), (3, 5), (4, 16)]))
-    idx = data.draw(hnp.arrays(np.int64, shape, elements=st.integers(0, R - 1)))
-    targets = data.draw(hnp.arrays(np.int64, shape, elements=st.integers(0, V - 1)))
-    table = randn(R, V, seed=data.draw(st.integers(0, 99)), scale=4)
+    id_dtypes = st.sampled_from([np.int64, np.int32, np.uint8, np.uint64])
+    idx = data.draw(hnp.arrays(data.draw(id_dtypes), shape, elements=st.integers(0, R - 1)))
+    targets = data.draw(hnp.arrays(data.draw(id_dtypes), shape, elements=st.integers(0, V - 1)))
+    dtype = data.draw(st.sampled_from([np.float64, np.float32]))
+    table = randn(R, V, seed=data.draw(st.integers(0, 99)), scale=4).astype(dtype)
     fused, reference = Tensor(table, requires_grad=True), Tensor(table, requires_grad=True)
-    loss = F.embedding_cross_entropy(fused, idx, targets)
+    loss = F.embedding_cross_entropy(idx, fused, targets)
     expected = F.cross_entropy(F.embedding(idx, reference).reshape(idx.size, V), targets.reshape(-1))
     (loss * 3.0).backward()
     (expected * 3.0).backward()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
-    np.testing.assert_allclose(fused.grad, reference.grad, atol=1e-12)
+    assert loss.dtype == fused.grad.dtype == dtype
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    assert loss.item() == pytest.approx(expected.item(), rel=tolerance)
+    np.testing.assert_allclose(fused.grad, reference.grad, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.filterwarnings("ignore:invalid value")  # inf - inf in the unread row, as in a lookup's softmax
+@pytest.mark.filterwarnings("error")  # and no warning for it either
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30])
 def test_embedding_cross_entropy_ignores_rows_that_no_id_reads(bad):
     """Like a lookup, which never touches them: a row no id reads changes neither the loss
@@ -90,21 +94,25 @@ def test_embedding_cross_entropy_ignores_rows_that_no_id_reads(bad):
     table[2] = bad
     idx, targets = np.array([0, 1, 3, 3]), np.array([2, 0, 1, 1])
     fused = Tensor(table, requires_grad=True)
-    loss = F.embedding_cross_entropy(fused, idx, targets)
+    loss = F.embedding_cross_entropy(idx, fused, targets)
     loss.backward()
     clean = Tensor(np.delete(table, 2, axis=0), requires_grad=True)
-    expected = F.embedding_cross_entropy(clean, np.array([0, 1, 2, 2]), targets)
+    expected = F.embedding_cross_entropy(np.array([0, 1, 2, 2]), clean, targets)
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
     np.testing.assert_allclose(np.delete(fused.grad, 2, axis=0), clean.grad, atol=1e-12)
     assert (fused.grad[2] == 0).all()
 
 
-def test_embedding_cross_entropy_takes_narrow_integer_ids():
-    """uint8 ids of a 65-character table: the flat pair index (up to 65 * 65) must not wrap."""
+@pytest.mark.parametrize("idx_dtype, targets_dtype", [
+    (np.uint8, np.uint8), (np.int8, np.uint64), (np.uint64, np.int32), (np.int64, np.uint64),
+])
+def test_embedding_cross_entropy_takes_any_integer_ids(idx_dtype, targets_dtype):
+    """Narrow ids of a 65-character table (the flat pair index, up to 65 * 65, must not wrap
+    round) and mixed signed and unsigned ones (int64 + uint64 would make floats in NumPy)."""
     table = randn(65, 65, seed=3)
-    idx, targets = np.array([64, 3, 64], dtype=np.uint8), np.array([63, 64, 0], dtype=np.uint8)
-    loss = F.embedding_cross_entropy(Tensor(table), idx, targets).item()
+    idx, targets = np.array([64, 3, 64], dtype=idx_dtype), np.array([63, 64, 0], dtype=targets_dtype)
+    loss = F.embedding_cross_entropy(idx, Tensor(table), targets).item()
     expected = -np.log(np_softmax(table)[idx, targets]).mean()
     assert loss == pytest.approx(expected, rel=1e-12)
 
@@ -117,7 +125,7 @@ def test_embedding_cross_entropy_takes_narrow_integer_ids():
 ])
 def test_embedding_cross_entropy_refuses_bad_ids(idx, targets, message):
     with pytest.raises(ValueError, match=message):
-        F.embedding_cross_entropy(Tensor(randn(3, 4), requires_grad=True), idx, targets)
+        F.embedding_cross_entropy(idx, Tensor(randn(3, 4), requires_grad=True), targets)
 
 
 @pytest.mark.parametrize("C", [1, 2, 65, 1000])
@@ -131,7 +139,7 @@ def test_cross_entropy_of_equal_logits_is_log_C(C):
 @pytest.mark.parametrize("name, fn", [
     ("softmax", F.softmax), ("log_softmax", F.log_softmax),
     ("cross_entropy", lambda x: F.cross_entropy(x, np.array([1, 2]))),
-    ("embedding_cross_entropy", lambda x: F.embedding_cross_entropy(x, np.array([0, 1, 1]), np.array([1, 2, 0]))),
+    ("embedding_cross_entropy", lambda x: F.embedding_cross_entropy(np.array([0, 1, 1]), x, np.array([1, 2, 0]))),
 ])
 def test_softmax_family_is_finite_for_huge_logits(name, fn, scale, dtype):
     x = Tensor((np.array([[1.0, -1.0, 0.5], [0.0, 2.0, -2.0]]) * scale).astype(dtype), requires_grad=True)
