@@ -195,9 +195,9 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
     goes into this worker's shared block. Messages: a _Task (a slice: forward and backward) or
     an _Update (a piece of the optimizer's step). Replies: ("ready",) once, then per _Task
     ("ok", weighted loss, which parameters got a gradient), per _Update ("ok",), or
-    ("error", message) for either. Ctrl-C is the caller's to handle, so SIGINT is ignored: on POSIX from
-    birth (inherited through _spawning), on Windows, whose new processes do not inherit it,
-    from here."""
+    ("error", message) for either (("memory", message) for a MemoryError). Ctrl-C is the
+    caller's to handle, so SIGINT is ignored: on POSIX from birth (inherited through
+    _spawning), on Windows, whose new processes do not inherit it, from here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     backend.keep_freed_memory()
     params = model.parameters()
@@ -235,6 +235,9 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
                     p.grad, p.requires_grad = None, needs
                 with contextlib.nullcontext() if task.grad_enabled else no_grad():
                     loss = _run_task(model, task)
+            except MemoryError as exc:  # raised as MemoryError by the caller too: not a bug
+                conn.send(("memory", str(exc)))
+                continue
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
                 continue
@@ -285,7 +288,9 @@ def _sigint_ignored() -> Iterator[None]:
 def _stopped(process: Any) -> tuple:
     """The answer that stands for a worker that is gone."""
     process.join(timeout=1)  # reaped, so that its exit code is known
-    return ("error", f"the worker process stopped (exit code {process.exitcode})")
+    killed = process.exitcode == -getattr(signal, "SIGKILL", 9)  # what Linux's out-of-memory killer sends
+    return ("error", f"the worker process stopped (exit code {process.exitcode}"
+                     + ("; killed, as when the system runs out of memory)" if killed else ")"))
 
 
 def _receive(conn: Any, process: Any) -> tuple:
@@ -518,6 +523,8 @@ class DataParallel:
             _wait_for_all(futures, give_up=pool.kill)
         answers = [f.result() for f in futures]
         for i, answer in enumerate(answers, start=1):
+            if answer[0] == "memory":
+                raise MemoryError(f"DataParallel worker {i}: {answer[1]}")
             if answer[0] == "error":
                 raise RuntimeError(f"DataParallel worker {i}: {answer[1]}")
         return result, answers

@@ -52,6 +52,12 @@ def failing_loss(model, x, y):
     return loss_of(model, x, y)
 
 
+def memory_hungry_loss(model, x, y):
+    if x[0, 0] == FAILING_ID:
+        raise MemoryError("Unable to allocate 1.00 TiB")
+    return loss_of(model, x, y)
+
+
 def slow_loss(model, x, y):
     time.sleep(0.2)
     return loss_of(model, x, y)
@@ -232,7 +238,7 @@ def test_a_worker_that_dies_before_the_shared_update_is_reported():
         parallel.loss(loss_of, *batch(4), backward=True)
         without_grad.grad = None
         parallel._pool.kill()
-        with pytest.raises(RuntimeError, match="worker 1.*stopped"):
+        with pytest.raises(RuntimeError, match="worker 1.*stopped.*killed, as when the system runs out of memory"):
             parallel.step(opt)
     np.testing.assert_array_equal(without_grad.data, before)
 
@@ -297,6 +303,19 @@ def test_a_failing_slice_raises_and_the_next_call_still_works(two_workers, faili
     with pytest.raises(RuntimeError, match="this slice failed"):
         parallel.loss(failing_loss, bad, y, backward=True)
     assert loss_and_grads(parallel, x, y)[0] == expected
+
+
+@pytest.mark.parametrize("failing_slice", [0, 1], ids=["this-process", "worker"])
+def test_running_out_of_memory_in_a_worker_is_a_memory_error_here(two_workers, failing_slice):
+    """So that the trainer reports it in one line (gpt.errors.exit_status), wherever it
+    happened; other failures in a worker stay RuntimeErrors, with the worker's message."""
+    _, parallel = two_workers
+    x, y = batch(4)
+    bad = x.copy()
+    bad[2 * failing_slice, 0] = FAILING_ID
+    with pytest.raises(MemoryError, match="1.00 TiB"):
+        parallel.loss(memory_hungry_loss, bad, y, backward=True)
+    assert np.isfinite(parallel.loss(loss_of, x, y, backward=True))
 
 
 def test_a_loss_function_that_cannot_be_sent_says_why(two_workers):
