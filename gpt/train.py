@@ -198,6 +198,9 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
             raise UserError(f"{checkpoint_path(out_dir)} holds no usable training state to resume from "
                             f"(missing or bad: {exc}); it can still be sampled from") from None
         log(f"resuming {checkpoint_path(out_dir)} at step {state['step']}")
+        if device != "cpu" and config.dropout > 0:
+            log("note: the dropout masks from here on differ from an uninterrupted run's "
+                "(CuPy's generator state is not saved)")
     write_json(out_dir / "config.json", {**vars(config), "n_params": n_params})
     metrics_path = out_dir / "metrics.jsonl"
     if resume_meta is None:
