@@ -9,6 +9,7 @@
     scaling       why the scores are divided by sqrt(head size)
     attention     one head's attention weights on a prompt, as a PNG
     cost          forward-pass time at growing block sizes (attention grows with T^2)
+    profile       where a training step's time goes, op by op
     gradcheck     an op's hand-written gradient next to finite differences
 
 Each takes --help. The guide in docs/ walks through them in order.
@@ -26,12 +27,13 @@ import numpy as np
 import nanograd
 from nanograd import Tensor, no_grad
 from nanograd import functional as F
+from nanograd.parallel import default_workers
 
 from .bigram import BigramLanguageModel
 from .data import CharDataset, load_text
 from .errors import UserError, exit_status
 from .model import GPT, GPTConfig
-from .run import checkpoint_path, load_run
+from .run import PRESETS, TrainConfig, build_model, checkpoint_path, load_run
 
 
 def show(text: str) -> str:
@@ -204,6 +206,39 @@ def cost(args: argparse.Namespace) -> None:
     print("the matmuls grow with T, attention's T x T scores with T^2: at long blocks it dominates")
 
 
+def profile(args: argparse.Namespace) -> None:
+    """Forward and backward of one preset batch, in this process, timed op by op."""
+    nanograd.backend.keep_freed_memory()  # as the trainer does: no page faults for each new array
+    config = TrainConfig(preset=args.preset, **PRESETS[args.preset])
+    nanograd.manual_seed(args.seed)
+    model = build_model(config, 65)
+    rng = np.random.default_rng(args.seed)
+    x, y = (rng.integers(0, 65, (config.batch_size, config.block_size)) for _ in range(2))  # (B, T) each
+
+    def step() -> None:
+        for p in model.parameters():
+            p.grad = None
+        model(x, y)[1].backward()
+
+    step()  # the first call allocates memory: not timed
+    with nanograd.profile() as seconds:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        total = (time.perf_counter() - start) / args.steps
+    per_step = {name: s / args.steps for name, s in seconds.items()}
+    ops = sorted({name.split(".")[0] for name in per_step},
+                 key=lambda op: -(per_step.get(f"{op}.forward", 0) + per_step.get(f"{op}.backward", 0)))
+    print(f"{args.preset}: batch {config.batch_size} x {config.block_size}, forward and backward "
+          f"{total * 1e3:.2f} ms in one process (BLAS threads: {default_workers()})")
+    print(f"{'op':>26} {'forward ms':>11} {'backward ms':>12} {'share':>6}")
+    for op in ops:
+        forward, backward = per_step.get(f"{op}.forward", 0), per_step.get(f"{op}.backward", 0)
+        print(f"{op:>26} {forward * 1e3:>11.3f} {backward * 1e3:>12.3f} {(forward + backward) / total:>6.1%}")
+    outside = total - sum(per_step.values())
+    print(f"{'outside the ops':>26} {outside * 1e3:>24.3f} {outside / total:>6.1%}  (the engine, the model's Python)")
+
+
 def _gradcheck_cases(rng: np.random.Generator) -> dict:
     """op name: (function, float64 inputs) at small sizes, for `explain gradcheck`."""
     def t(*shape):
@@ -297,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default=None, help="save the weights as a heat map")
     topic("cost", cost, "forward time against block size", data=False).add_argument(
         "--block-sizes", type=positive_int, nargs="+", default=[64, 128, 256, 512])
+    p = topic("profile", profile, "where a training step's time goes, op by op", data=False)
+    p.add_argument("--preset", default="baby", choices=sorted(PRESETS))
+    p.add_argument("--steps", type=positive_int, default=5)
     p = topic("gradcheck", gradcheck, "check an op's gradient against finite differences", data=False)
     p.add_argument("op", choices=["softmax", "cross_entropy", "layer_norm", "gelu", "matmul", "embedding",
                                   "embedding_cross_entropy", "attention"])

@@ -77,6 +77,15 @@ def to_numpy(array: Any) -> np.ndarray:
     return to_device(array, "cpu")
 
 
+def wait_for(result: Any) -> None:
+    """Return once the work that produces result (an array, or a tuple of arrays and Nones)
+    is done. A GPU runs kernels after the call that queued them has returned; a CPU has
+    nothing to wait for."""
+    arrays = result if isinstance(result, tuple) else (result,)
+    if any(a is not None and device_of(a) == "cuda" for a in arrays):
+        _cupy.cuda.get_current_stream().synchronize()
+
+
 ONE_HOT_MAX_ELEMENTS = 1 << 20  # V * N above this: scatter_add_rows sorts (NumPy) or uses add.at (CuPy)
 
 

@@ -12,6 +12,10 @@ the input's shape with `unbroadcast`, so no op has to repeat that logic.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import backend
@@ -58,6 +62,40 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
+_op_seconds: collections.Counter | None = None  # filled inside profile()
+
+
+@contextlib.contextmanager
+def profile() -> Iterator[collections.Counter]:
+    """Time every op that runs inside this block. Yields a Counter of seconds by "Op.forward"
+    and "Op.backward", summed over calls:
+
+        with nanograd.profile() as seconds:
+            loss = model(x, y)[1]
+            loss.backward()
+        print(seconds.most_common(5))
+
+    On a GPU each op then waits for its kernels to finish, so that the times are the work's
+    rather than the launch's (and the run is slower while it is profiled)."""
+    global _op_seconds
+    previous, _op_seconds = _op_seconds, collections.Counter()
+    try:
+        yield _op_seconds
+    finally:
+        _op_seconds = previous
+
+
+def run_op(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """method(*args, **kwargs): an op's forward or backward, timed inside profile()."""
+    if _op_seconds is None:
+        return method(*args, **kwargs)
+    start = time.perf_counter()
+    result = method(*args, **kwargs)
+    backend.wait_for(result)
+    _op_seconds[f"{type(method.__self__).__name__}.{method.__name__}"] += time.perf_counter() - start
+    return result
+
+
 class Function:
     """One differentiable op. Subclasses define forward and backward; see the module docstring."""
 
@@ -76,7 +114,7 @@ class Function:
         """Run the op on tensors; link the result into the graph if any input needs a gradient."""
         fn = cls()
         fn.needs_grad = tuple(t.requires_grad for t in inputs)
-        out = fn.forward(*(t.data for t in inputs), **options)
+        out = run_op(fn.forward, *(t.data for t in inputs), **options)
         if _grad_enabled and any(fn.needs_grad):
             fn.parents = inputs
             return cls.tensor_class._from_op(out, fn)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
-from .function import Function, broadcast_shape, unbroadcast
+from .function import Function, broadcast_shape, run_op, unbroadcast
 
 
 class Tensor:
@@ -140,7 +140,7 @@ class Tensor:
                 node.grad = node._first_grad(g) if node.grad is None else (node.grad + g).astype(node.dtype, copy=False)
                 continue
             ctx = node._ctx
-            for parent, pg in zip(ctx.parents, ctx.backward(g)):
+            for parent, pg in zip(ctx.parents, run_op(ctx.backward, g)):
                 if pg is None or not parent.requires_grad:
                     continue
                 pg = unbroadcast(pg, parent.shape)

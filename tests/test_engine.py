@@ -358,3 +358,30 @@ def test_tensors_become_numbers_and_arrays_only_outside_the_graph():
     assert Tensor([Tensor(1.0), Tensor(2.0)]).shape == (2,)
     with pytest.raises(TypeError, match="requires grad"):
         np.exp(leaf([1.0]))  # would silently leave the graph
+
+
+# ---- profile -----------------------------------------------------------------------------------
+def test_profile_times_each_op_forward_and_backward_and_only_inside_its_block():
+    import nanograd
+
+    x = leaf(np.arange(6.0).reshape(2, 3))
+    with nanograd.profile() as seconds:
+        loss = F.cross_entropy(F.gelu(x * 2.0), np.array([0, 2]))
+        loss.backward()
+    assert set(seconds) == {f"{op}.{kind}" for op in ("Mul", "Gelu", "CrossEntropy")
+                            for kind in ("forward", "backward")}
+    assert all(s > 0 for s in seconds.values())
+    before = dict(seconds)
+    F.gelu(x).sum().backward()  # outside the block: not counted
+    assert seconds == before
+
+
+def test_an_inner_profile_takes_its_ops_and_the_outer_one_the_rest():
+    import nanograd
+
+    x = leaf([1.0, 2.0])
+    with nanograd.profile() as outer:
+        with nanograd.profile() as inner:
+            F.gelu(x)
+        F.relu(x)
+    assert set(inner) == {"Gelu.forward"} and set(outer) == {"Relu.forward"}
