@@ -191,7 +191,7 @@ class EmbeddingCrossEntropy(Function):
             raise ValueError(f"embedding_cross_entropy: targets of shape {targets.shape} for ids {idx.shape}")
         _check_ids(idx, R, "embedding_cross_entropy ids")
         _check_ids(targets, V, "embedding_cross_entropy targets")
-        rows = idx.reshape(-1)  # (N,)
+        rows = idx.reshape(-1).astype(xp.int64, copy=False)  # (N,) (bincount takes no uint64 in NumPy 1.x)
         counts = xp.bincount(rows, minlength=R)  # (R,) n_a
         self.read = counts.nonzero()[0]  # (U,) the rows some position reads
         slot = xp.zeros(R, dtype=xp.int64)
