@@ -207,7 +207,8 @@ def cost(args: argparse.Namespace) -> None:
 
 
 def profile(args: argparse.Namespace) -> None:
-    """Forward and backward of one preset batch, in this process, timed op by op."""
+    """Forward and backward of one preset batch, timed op by op. In this one process: the
+    trainer's worker processes would run their ops where this one cannot time them."""
     nanograd.backend.keep_freed_memory()  # as the trainer does: no page faults for each new array
     config = TrainConfig(preset=args.preset, **PRESETS[args.preset])
     nanograd.manual_seed(args.seed)
@@ -233,10 +234,12 @@ def profile(args: argparse.Namespace) -> None:
           f"{total * 1e3:.2f} ms in one process (BLAS threads: {default_workers()})")
     print(f"{'op':>26} {'forward ms':>11} {'backward ms':>12} {'share':>6}")
     for op in ops:
-        forward, backward = per_step.get(f"{op}.forward", 0), per_step.get(f"{op}.backward", 0)
-        print(f"{op:>26} {forward * 1e3:>11.3f} {backward * 1e3:>12.3f} {(forward + backward) / total:>6.1%}")
+        forward, backward = per_step.get(f"{op}.forward", 0), per_step.get(f"{op}.backward")
+        shown = "-" if backward is None else f"{backward * 1e3:.3f}"  # no backward ran (no gradient needed)
+        print(f"{op:>26} {forward * 1e3:>11.3f} {shown:>12} {(forward + (backward or 0)) / total:>6.1%}")
     outside = total - sum(per_step.values())
-    print(f"{'outside the ops':>26} {outside * 1e3:>24.3f} {outside / total:>6.1%}  (the engine, the model's Python)")
+    print(f"{'outside the ops':>26} {outside * 1e3:>24.3f} {outside / total:>6.1%}  "
+          "(the engine's gradient sums and copies, the model's Python)")
 
 
 def _gradcheck_cases(rng: np.random.Generator) -> dict:

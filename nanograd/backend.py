@@ -78,11 +78,11 @@ def to_numpy(array: Any) -> np.ndarray:
 
 
 def wait_for(result: Any) -> None:
-    """Return once the work that produces result (an array, or a tuple of arrays and Nones)
-    is done. A GPU runs kernels after the call that queued them has returned; a CPU has
-    nothing to wait for."""
+    """Return once the work that produces result (an array, or a tuple of arrays and other
+    values) is done. A GPU runs kernels after the call that queued them has returned; a CPU
+    has nothing to wait for."""
     arrays = result if isinstance(result, tuple) else (result,)
-    if any(a is not None and device_of(a) == "cuda" for a in arrays):
+    if any(device_of(a) == "cuda" for a in arrays if a is not None):
         _cupy.cuda.get_current_stream().synchronize()
 
 

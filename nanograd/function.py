@@ -62,11 +62,11 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-_op_seconds: collections.Counter | None = None  # filled inside profile()
+_op_seconds: collections.Counter[str] | None = None  # filled inside profile()
 
 
 @contextlib.contextmanager
-def profile() -> Iterator[collections.Counter]:
+def profile() -> Iterator[collections.Counter[str]]:
     """Time every op that runs inside this block. Yields a Counter of seconds by "Op.forward"
     and "Op.backward", summed over calls:
 
@@ -75,8 +75,12 @@ def profile() -> Iterator[collections.Counter]:
             loss.backward()
         print(seconds.most_common(5))
 
-    On a GPU each op then waits for its kernels to finish, so that the times are the work's
-    rather than the launch's (and the run is slower while it is profiled)."""
+    What it does not see: the engine's own work between ops (adding up gradients, copying
+    them into the leaves), and ops in other processes (DataParallel's workers). A profile
+    opened inside another takes its ops away from the outer one. One profile is active per
+    process, for every thread. On a GPU each op first waits for the work queued before it,
+    then for its own kernels, so that the times are its work's rather than its launch's (and
+    the run is slower while it is profiled)."""
     global _op_seconds
     previous, _op_seconds = _op_seconds, collections.Counter()
     try:
@@ -85,10 +89,13 @@ def profile() -> Iterator[collections.Counter]:
         _op_seconds = previous
 
 
-def run_op(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """method(*args, **kwargs): an op's forward or backward, timed inside profile()."""
+def run_op(method: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """method(*args, **kwargs), an op's forward or backward. The engine calls every op through
+    here, so that profile() sees them all while the rest of the time nothing pays but one
+    check."""
     if _op_seconds is None:
         return method(*args, **kwargs)
+    backend.wait_for(args)  # on a GPU, earlier work must not count as this op's
     start = time.perf_counter()
     result = method(*args, **kwargs)
     backend.wait_for(result)

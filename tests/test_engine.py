@@ -385,3 +385,21 @@ def test_an_inner_profile_takes_its_ops_and_the_outer_one_the_rest():
             F.gelu(x)
         F.relu(x)
     assert set(inner) == {"Gelu.forward"} and set(outer) == {"Relu.forward"}
+
+
+def test_an_op_may_take_any_option_name_even_the_profilers_own():
+    from nanograd import Function
+
+    class Scale(Function):
+        def forward(self, x, method="double"):
+            self.factor = 2.0 if method == "double" else 3.0
+            return x * self.factor
+
+        def backward(self, g):
+            return (g * self.factor,)
+
+    x = leaf([1.0, 2.0])
+    y = Scale.apply(x, method="triple")
+    y.sum().backward()
+    np.testing.assert_array_equal(y.data, [3.0, 6.0])
+    np.testing.assert_array_equal(x.grad, [3.0, 3.0])
