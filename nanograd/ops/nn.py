@@ -116,6 +116,19 @@ def _check_ids(ids, n: int, what: str) -> None:
         raise ValueError(f"{what}: ids must lie in [0, {n}), got values from {ids.min()} to {ids.max()}")
 
 
+def _softmax_rows(logits):
+    """(shifted, log sum exp, probabilities) of rows of logits (N, V): what a cross-entropy
+    needs. shifted = logits - _exp_shift (at most 0, so exp cannot overflow), (N, V);
+    log p = shifted - log sum exp, with log sum exp (N,); probabilities softmax(logits) (N, V)."""
+    xp = array_module(logits)
+    shifted = logits - _exp_shift(logits, axis=1)  # (N, V)
+    probs = xp.exp(shifted)  # (N, V)
+    sum_exp = _row_sum(probs)  # (N, 1)
+    log_sum_exp = xp.log(sum_exp[:, 0])  # (N,)
+    probs /= sum_exp
+    return shifted, log_sum_exp, probs
+
+
 class CrossEntropy(Function):
     """loss = -(1/N) sum_n log softmax(logits_n)[target_n], for logits (N, V), targets (N,) ints.
 
@@ -131,13 +144,9 @@ class CrossEntropy(Function):
             raise ValueError(f"cross_entropy: targets of shape {targets.shape} for logits {logits.shape}")
         _check_ids(targets, V, "cross_entropy targets")
         self.targets = targets
-        shifted = logits - _exp_shift(logits, axis=1)  # (N, V), at most 0: exp cannot overflow
-        exp = xp.exp(shifted)  # (N, V)
-        sum_exp = _row_sum(exp)  # (N, 1)
+        shifted, log_sum_exp, self.probs = _softmax_rows(logits)  # probs reused by backward
         # log p_target = shifted_target - log sum exp(shifted), averaged over the N rows
-        loss = (xp.log(sum_exp).sum() - shifted[xp.arange(N), targets].sum()) / N
-        exp /= sum_exp  # now the probabilities p, reused by backward
-        self.probs = exp
+        loss = (log_sum_exp.sum() - shifted[xp.arange(N), targets].sum()) / N
         return loss.astype(logits.dtype)
 
     def backward(self, g):
@@ -200,14 +209,10 @@ class EmbeddingCrossEntropy(Function):
         self.pairs = slot[rows] * V + targets.reshape(-1).astype(xp.int64, copy=False)
         self.row_counts = counts[self.read].astype(weight.dtype)  # (U,) n_a of the rows read
         self.table_rows = R
-        table = weight[self.read]  # (U, V)
-        shifted = table - _exp_shift(table, axis=1)  # (U, V), at most 0: exp cannot overflow
-        exp = xp.exp(shifted)  # (U, V)
-        sum_exp = _row_sum(exp)  # (U, 1)
+        # the rows read: shifted (U, V), log sum exp (U,), softmax (U, V) reused by backward
+        shifted, log_sum_exp, self.probs = _softmax_rows(weight[self.read])
         # -sum_n log p[idx_n, t_n] = sum_a n_a log sum exp(shifted_a) - sum_n shifted[idx_n, t_n]
-        loss = (self.row_counts @ xp.log(sum_exp[:, 0]) - shifted.reshape(-1)[self.pairs].sum()) / len(rows)
-        exp /= sum_exp  # now the softmax of the rows read, reused by backward
-        self.probs = exp
+        loss = (self.row_counts @ log_sum_exp - shifted.reshape(-1)[self.pairs].sum()) / len(rows)
         return loss.astype(weight.dtype)
 
     def backward(self, g):
