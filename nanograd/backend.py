@@ -2,7 +2,7 @@
 
 Every op asks `array_module(x)` for the module that owns its input arrays and calls only
 that module, so the same op code runs on either device. Nothing in nanograd's ops calls
-NumPy directly on tensor data (tests/test_backend_guard.py checks this).
+NumPy directly on tensor data (tests/test_backend.py checks this).
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def sum_leading_axes(x: Any, n: int) -> Any:
 def filled(xp: ModuleType, n: int, value: float, dtype: Any) -> Any:
     """A vector of n copies of value, made once per size and shared (so read-only on the CPU):
     the vectors that turn sums into matrix-vector products (sum_leading_axes, row sums in
-    ops/nn.py). A few us saved per sum, which adds up at one token of a KV-cached step (about
-    20 per token)."""
+    ops/nn.py). Under 1 us saved per sum, but a KV-cached token makes about 20 of them
+    (benchmarks/RESULTS.md: with a dropped max, 14-17 us a token)."""
     vector = xp.full(n, value, dtype=dtype)
     if xp is np:
         vector.flags.writeable = False

@@ -37,6 +37,8 @@ def cross_entropy(logits: Tensor, targets: Any) -> Tensor:
     targets = _array(targets, logits)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integers, got {targets.dtype}")
+    if logits.shape[0] == 0:
+        raise ValueError("cross_entropy: no rows (the mean of no losses is undefined)")
     return ops.CrossEntropy.apply(logits, targets=targets)
 
 

@@ -22,7 +22,9 @@ class Tensor:
 
     Tensor(data, requires_grad=False, dtype=None): a floating array keeps its dtype (float64
     stays float64, as gradient checks need); Python numbers and lists become float32; integer
-    arrays stay integer (token ids) but cannot require a gradient.
+    arrays stay integer (token ids) but cannot require a gradient. An array of the right dtype
+    is used as it is, not copied (as torch.from_numpy): an optimizer that updates .data in
+    place, such as SGD, changes the caller's array too.
     """
 
     __array_priority__ = 1000  # so that `ndarray * Tensor` calls Tensor.__rmul__
@@ -96,7 +98,8 @@ class Tensor:
         return Tensor(self.data)
 
     def to(self, device: str) -> Tensor:
-        """A copy on 'cpu' or 'cuda' (self if it is already there)."""
+        """A copy on 'cpu' or 'cuda' (self if it is already there), as a new leaf: no gradient
+        flows back through it to self. (Module.to moves parameters in place instead.)"""
         if backend.check_device(device) == self.device:
             return self
         return Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad)
@@ -137,7 +140,10 @@ class Tensor:
                     "to the first backward() to call it twice"
                 )
             if node._ctx is None:  # a leaf: keep its gradient (a copy: g may be shared)
-                node.grad = node._first_grad(g) if node.grad is None else (node.grad + g).astype(node.dtype, copy=False)
+                if node.grad is None:
+                    node.grad = node._first_grad(g)
+                else:  # an op handed back a wider dtype (float64 for a float32 leaf): keep the leaf's
+                    node.grad = (node.grad + g).astype(node.dtype, copy=False)
                 continue
             ctx = node._ctx
             for parent, pg in zip(ctx.parents, run_op(ctx.backward, g)):
@@ -183,13 +189,14 @@ class Tensor:
 
     # ---- operators (the ops themselves live in nanograd/ops) ---------------------------------
     def _lift(self, other: Any) -> Tensor:
-        """Python numbers take this tensor's dtype, so float32 stays float32 (but an integer
-        tensor times a Python float is float, not truncated)."""
+        """Numbers take this tensor's dtype, so float32 stays float32: Python numbers and NumPy
+        scalars alike (`x / mask.sum()` divides by an np.int64, which NumPy would let turn
+        float32 into float64). An integer tensor times a float is float, not truncated."""
         if isinstance(other, Tensor):
             return other
         xp = backend.array_module(self.data)
-        if isinstance(other, (int, float)):
-            keeps_dtype = isinstance(other, int) or xp.issubdtype(self.dtype, xp.floating)
+        if isinstance(other, (int, float, np.integer, np.floating)):
+            keeps_dtype = isinstance(other, (int, np.integer)) or xp.issubdtype(self.dtype, xp.floating)
             return Tensor(xp.asarray(other, dtype=self.dtype if keeps_dtype else xp.float32))
         return Tensor(xp.asarray(other))
 

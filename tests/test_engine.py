@@ -186,8 +186,10 @@ def test_deep_graph_does_not_hit_the_recursion_limit(step, expected):
     lambda x: x.relu(), lambda x: x.mean(axis=0), lambda x: x.sum(), lambda x: x.max(axis=1),
     lambda x: x @ x.transpose(0, 1), lambda x: x.reshape(4, 3).permute(1, 0), lambda x: x[1:, np.array([0, 0, 2])],
     lambda x: x + Tensor(np.ones(4, dtype=np.float32)),
+    lambda x: x / np.ones((3, 4), bool).sum(), lambda x: np.float64(0.5) * x - np.int32(1),
 ], ids=["mul-add-scalar", "pow", "rmul-sub", "rsub", "rdiv", "div", "neg", "exp-log", "sqrt", "tanh", "relu",
-        "mean", "sum", "max", "matmul", "reshape-permute", "getitem", "broadcast-add"])
+        "mean", "sum", "max", "matmul", "reshape-permute", "getitem", "broadcast-add",
+        "div-numpy-int", "numpy-scalars"])
 def test_float32_stays_float32_forward_and_backward(fn):
     x = Tensor(np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32), requires_grad=True)
     out = fn(x)

@@ -182,6 +182,20 @@ def test_one_overall_shift_is_exact_to_its_stated_error_just_inside_exp_safe_ran
     assert loss == pytest.approx(-(np.log(expected[0]) + np.log(expected[2])) / 2, abs=bound)
 
 
+@pytest.mark.filterwarnings("error")
+def test_logits_spanning_more_than_float32_holds_take_the_row_max_without_a_warning():
+    """max - min of [3e38, -3e38] is past float32's largest number: the range test must not
+    compute it (it would warn of an overflow and still pick the row-max path)."""
+    x = np.array([[3e38, -3e38, 0.0], [1.0, 2.0, 3.0]], np.float32)
+    assert nn_ops._overall_max_if_narrow(x) is None
+    assert nn_ops._overall_max_if_narrow(x[1:]) == 3.0
+
+
+def test_cross_entropy_of_no_rows_is_an_error():
+    with pytest.raises(ValueError, match="no rows"):
+        F.cross_entropy(Tensor(np.zeros((0, 5), np.float32), requires_grad=True), np.zeros(0, np.int64))
+
+
 def test_huge_logits_give_the_exact_softmax_and_a_huge_finite_loss():
     x = np.array([[1.0, -1.0, 0.5]]) * 1e4
     np.testing.assert_allclose(F.softmax(Tensor(x)).data, [[1.0, 0.0, 0.0]])
