@@ -136,7 +136,7 @@ def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...], op: str) -> tuple[in
         n = b[-i] if i <= len(b) else 1
         if m != n and m != 1 and n != 1:
             raise ValueError(f"{op}: shapes {a} and {b} cannot be broadcast together")
-        out.append(max(m, n) if m != 1 and n != 1 else m * n)
+        out.append(max(m, n) if m != 1 and n != 1 else m * n)  # a size-1 axis takes the other's size (0 too)
     return tuple(reversed(out))
 
 
@@ -149,6 +149,7 @@ def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
     if grad.shape == shape:
         return grad
     lead = grad.ndim - len(shape)
+    # the axes where the input had size 1 and the output more (counted in grad's axes)
     stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
     if not stretched:  # only added leading axes: a bias (C,) added to (B, T, C)
         return backend.sum_leading_axes(grad, lead)

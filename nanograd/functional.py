@@ -31,9 +31,9 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 def cross_entropy(logits: Tensor, targets: Any) -> Tensor:
-    """Mean negative log-likelihood of integer targets (N,) under softmax(logits (N, C))."""
+    """Mean negative log-likelihood of integer targets (N,) under softmax(logits (N, V))."""
     if logits.ndim != 2:
-        raise ValueError(f"cross_entropy: logits must be (N, C), got shape {logits.shape}")
+        raise ValueError(f"cross_entropy: logits must be (N, V), got shape {logits.shape}")
     targets = _array(targets, logits)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integers, got {targets.dtype}")
@@ -118,6 +118,14 @@ def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
     return where(mask, value, x)
 
 
+def _dropout_rng(op: str, dropout: float, rng: Any, device: str) -> Any:
+    """The generator the attention weights' dropout draws from (None without dropout): rng,
+    or the device's own."""
+    if not 0 <= dropout < 1:
+        raise ValueError(f"{op}: dropout must be in [0, 1), got {dropout}")
+    return (rng or backend.generator(device)) if dropout > 0 else None
+
+
 def scaled_dot_product_attention(
     q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout: float = 0.0, rng: Any = None
 ) -> Tensor:
@@ -129,9 +137,7 @@ def scaled_dot_product_attention(
         )
     if causal and q.shape[2] > k.shape[2]:
         raise ValueError(f"attention: causal with more queries ({q.shape[2]}) than keys ({k.shape[2]})")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"attention: dropout must be in [0, 1), got {dropout}")
-    rng = (rng or backend.generator(q.device)) if dropout > 0 else None
+    rng = _dropout_rng("attention", dropout, rng, q.device)
     return ops.ScaledDotProductAttention.apply(q, k, v, causal=causal, dropout=dropout, rng=rng)
 
 
@@ -141,7 +147,5 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout: float
     as splitting q, k, v into n_head heads and calling scaled_dot_product_attention, as one op."""
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
         raise ValueError(f"self_attention: qkv {qkv.shape} is not (B, T, 3C) with C divisible by {n_head} heads")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"attention: dropout must be in [0, 1), got {dropout}")
-    rng = (rng or backend.generator(qkv.device)) if dropout > 0 else None
+    rng = _dropout_rng("self_attention", dropout, rng, qkv.device)
     return ops.SelfAttention.apply(qkv, n_head=n_head, causal=causal, dropout=dropout, rng=rng)

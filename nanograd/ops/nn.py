@@ -4,7 +4,8 @@ numerically safer: softmax, cross-entropy and attention shift their inputs befor
 each row's max, or by one overall max where the values span less than EXP_SAFE_RANGE.
 
 Shapes: B = batch, T = time (sequence), C = channels, V = vocabulary, N = rows (B*T),
-nh = heads, hs = head size.
+nh = heads, hs = head size; in attention Tq queries and Tk keys (rows and keys: one chunk's);
+R = rows of a table of logits, U = the rows of it that a batch reads.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def _overall_max_if_narrow(x):
     its log-probabilities (tests/test_functional.py). The range is 60 because attention
     scores need it: in the trained baby model they spanned 34-67 per call (median 45), so 77%
     of the calls take the one-number path at 60 and none would at 30; cross-entropy's logits
-    span about 20. Always None on a GPU, where testing the range would
-    wait for the device, and in float16, where e^-60 underflows to 0.
+    span about 20. Always None on a GPU, where testing the range would wait for the device,
+    and in float16, where e^-60 underflows to 0.
     """
     if device_of(x) != "cpu" or x.size == 0 or x.dtype.itemsize < 4:  # float16: e^-60 underflows
         return None
@@ -123,7 +124,7 @@ def _softmax_rows(logits):
     log p = shifted - log sum exp, with log sum exp (N,); probabilities softmax(logits) (N, V)."""
     xp = array_module(logits)
     shifted = logits - _exp_shift(logits, axis=1)  # (N, V)
-    probs = xp.exp(shifted)  # (N, V)
+    probs = xp.exp(shifted)  # (N, V) exp(shifted), normalised below
     sum_exp = _row_sum(probs)  # (N, 1)
     log_sum_exp = xp.log(sum_exp[:, 0])  # (N,)
     probs /= sum_exp
@@ -412,7 +413,8 @@ class ScaledDotProductAttention(Function):
         return dq, dk, dv
 
     def _attend(self, q, k, v, y, causal, dropout, rng):
-        """The forward pass, writing the output into y (which may be a strided view)."""
+        """The forward pass, writing the output into y (which may be a strided view). Keeps
+        for the backward: q, k, v, the scale, the chunks, and per chunk att and keep."""
         xp = array_module(q)
         B, nh, Tq, hs = q.shape
         self.scale = q.dtype.type(1.0 / math.sqrt(hs))
@@ -467,9 +469,9 @@ def _attention_forward(q, k, v, att, y, keep, scale, mask):
     and y (B, nh, Tq, hs), Tq and Tk being a chunk's rows and keys."""
     xp = array_module(q)
     xp.matmul(q * scale, k.swapaxes(-1, -2), out=att)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
-    shift = _overall_max_if_narrow(att)  # taken before the mask: its -inf would widen the range
-    if shift is not None:
-        att += -shift if mask is None else mask - shift  # one pass: -inf on the future, exp gives 0
+    overall_max = _overall_max_if_narrow(att)  # taken before the mask: its -inf would widen the range
+    if overall_max is not None:  # one pass shifts by it and adds the mask (-inf on the future: exp gives 0)
+        att += (-overall_max) if mask is None else (mask - overall_max)
     else:  # a wide range: the max of each row, over the keys its query sees
         if mask is not None:
             att += mask
