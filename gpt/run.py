@@ -8,10 +8,13 @@ import argparse
 import dataclasses
 import json
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from nanograd import backend, nn
 from nanograd.parallel import default_workers
@@ -67,6 +70,11 @@ class TrainConfig:
     quiet: bool = field(default=False, metadata={"help": "no progress bar (for logs)"})
 
     def validate(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters",
+                     "max_iters", "warmup_iters", "sample_tokens", "seed", "workers", "lr_decay_iters"):
+            value = getattr(self, name)  # (a checkpoint's JSON could hold 64.0 or "64")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
         positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -187,7 +195,9 @@ def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Tr
     preset = given.get("preset", (saved or {}).get("preset", "baby"))
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **(saved or {}), **given, "preset": preset}
+    # how this invocation shows its progress is not part of the run: --quiet is not kept
+    kept = {k: v for k, v in (saved or {}).items() if k != "quiet"}
+    values = {**PRESETS[preset], **kept, **given, "preset": preset}
     if saved is not None:
         if given.get("preset", preset) != saved.get("preset", preset):
             raise UserError(f"the run was trained with --preset {saved.get('preset')}, which a resumed run "
@@ -244,6 +254,8 @@ def load_run(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig, C
         model.load_state_dict(weights)
     except (KeyError, ValueError) as exc:
         raise UserError(f"checkpoint {path} does not match its model configuration: {exc}") from None
+    if not all(np.isfinite(w).all() for w in weights.values()):  # gpt.train never saves such weights
+        raise UserError(f"checkpoint {path} holds weights that are not finite (NaN or inf): it cannot be used")
     model.to(device)
     return model, config, tokenizer, meta, arrays
 

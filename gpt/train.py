@@ -24,8 +24,10 @@ from nanograd import backend, no_grad, optim
 from nanograd.parallel import DataParallel, SharedMemoryTooSmall
 
 from . import sampling
+from .checkpoint import rng_from_json
 from .data import CharDataset, load_text
 from .errors import Interrupted, UserError, exit_status
+from .fileio import atomic_write
 from .run import (
     TrainConfig,
     build_model,
@@ -161,6 +163,8 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     if resume_meta is None and earlier and not config.overwrite:
         raise UserError(f"{out_dir} holds an earlier run ({earlier[0]}): continue it with --resume, "
                         "start over with --overwrite (its checkpoints are replaced), or choose another --out-dir")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out-dir {out_dir} is a file, not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     log = print if config.quiet else _tqdm_write
 
@@ -171,7 +175,8 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
 
     nanograd.manual_seed(config.seed)
     if model is None:
-        model = build_model(config, tokenizer.vocab_size).to(device)
+        model = build_model(config, tokenizer.vocab_size)
+    model.to(device)  # (a resumed model is loaded on the CPU)
     n_params = model.num_parameters()
     optimizer = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
                             betas=(config.beta1, config.beta2))
@@ -189,10 +194,11 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     state = {"step": 0, "best_val_loss": math.inf, "clipped_steps": 0, "elapsed_s": 0.0}
     if resume_meta is not None:
         try:
+            _check_counters(resume_meta)
             optimizer.load_state_dict({"t": resume_meta["optimizer_t"],
                                        **{k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}})
-            batch_rng.bit_generator.state = resume_meta["batch_rng"]
-            backend.generator("cpu").bit_generator.state = resume_meta["dropout_rng"]
+            batch_rng = rng_from_json(resume_meta["batch_rng"])
+            backend.generator("cpu").bit_generator.state = rng_from_json(resume_meta["dropout_rng"]).bit_generator.state
             state.update({k: resume_meta[k] for k in state})
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{checkpoint_path(out_dir)} holds no usable training state to resume from "
@@ -205,21 +211,28 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     metrics_path = out_dir / "metrics.jsonl"
     if resume_meta is None:
         metrics_path.write_text("")
+    row = {} if resume_meta is None else _keep_metrics_until(metrics_path, state["step"])
 
     def save(path: Path) -> None:
         if not all(bool(backend.array_module(p.data).isfinite(p.data).all()) for p in model.parameters()):
             raise _diverged(f"the weights stopped being finite by step {state['step']}", out_dir)
-        save_run(path, model, optimizer, config, tokenizer, {
-            **state, "batch_rng": batch_rng.bit_generator.state,
-            "dropout_rng": backend.generator("cpu").bit_generator.state})
+        try:
+            save_run(path, model, optimizer, config, tokenizer, {
+                **state, "batch_rng": batch_rng.bit_generator.state,
+                "dropout_rng": backend.generator("cpu").bit_generator.state})
+        except OSError as exc:
+            raise UserError(f"could not write {path} ({exc.strerror or exc}); "
+                            "the checkpoint there before, if any, is intact") from None
 
     tokens_per_step = config.batch_size * config.block_size
-    grad_norm, row = float("nan"), _last_row(metrics_path)
+    grad_norm = float("nan")
     evaluated_step = row.get("step")  # resumed right after an evaluation: not again at that step
     bar = None if config.quiet else _progress(config.max_iters, state["step"])
     t_start = time.perf_counter() - state["elapsed_s"]
     train_seconds, train_steps = 0.0, 0  # this session's time in training steps (no evals)
-    with _StopRequest() as stop, parallel:  # leaving it stops the worker processes
+    # the loop checks the loss and the weights for non-finite values itself: NumPy's overflow
+    # warnings along the way would only bury that one-line error
+    with _StopRequest() as stop, parallel, np.errstate(all="ignore"):  # leaving it stops the workers
         while True:
             step = state["step"]
             state["elapsed_s"] = time.perf_counter() - t_start
@@ -286,13 +299,32 @@ def _diverged(what: str, out_dir: Path) -> UserError:
     return UserError(f"{what}; {kept} (try a lower --lr)")
 
 
-def _last_row(metrics_path: Path) -> dict[str, Any]:
-    """The latest evaluation of a resumed run ({} for a new one)."""
-    lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-    try:
-        return json.loads(lines[-1]) if lines else {}
-    except ValueError:  # a line cut short by a crash
-        return {}
+def _check_counters(meta: dict[str, Any]) -> None:
+    """Raise ValueError unless the saved counters are what a run writes."""
+    for key in ("step", "optimizer_t", "clipped_steps"):
+        if type(meta[key]) is not int or meta[key] < 0:
+            raise ValueError(f"{key} {meta[key]!r} is not a whole number >= 0")
+    for key in ("best_val_loss", "elapsed_s"):  # (best_val_loss is inf before any evaluation)
+        if type(meta[key]) not in (int, float) or not meta[key] >= 0:
+            raise ValueError(f"{key} {meta[key]!r} is not a number >= 0")
+
+
+def _keep_metrics_until(metrics_path: Path, step: int) -> dict[str, Any]:
+    """Keep the evaluations that a checkpoint of `step` includes, and return the latest ({} if none).
+
+    Rows after it come from a run that stopped before saving them (a failed save, a second
+    Ctrl-C mid-save), and a line cut short by a crash is no row at all: both are dropped, so
+    that the resumed run evaluates those steps again and the file stays in step order."""
+    rows = []
+    for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else []):
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        if isinstance(row, dict) and type(row.get("step")) is int and row["step"] <= step:
+            rows.append(row)
+    atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return rows[-1] if rows else {}
 
 
 def _progress(total: int, initial: int):
@@ -311,9 +343,15 @@ def run(args) -> None:
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --out-dir and --overwrite replaces it: give one")
     if args.resume:
-        device = check_device(args.device or "cpu")
         args.out_dir = args.out_dir or "out"  # the run is read from there: it goes on there too
-        model, saved, tokenizer, meta, arrays = load_run(checkpoint_path(args.out_dir), device)
+        path = checkpoint_path(args.out_dir)
+        model, saved, tokenizer, meta, arrays = load_run(path)  # on the CPU: train() moves it
+        if args.device is None and saved.device != "cpu":
+            try:
+                check_device(saved.device)
+            except UserError as exc:
+                raise UserError(f"the run in {path} was trained with --device {saved.device}, which it keeps: "
+                                f"{exc}; add --device cpu to go on on the CPU") from None
         train(resolve(args, saved=vars(saved)), resume_meta=meta, model=model, tokenizer=tokenizer, arrays=arrays)
     else:
         train(resolve(args))

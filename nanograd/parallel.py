@@ -99,6 +99,7 @@ class _Task(NamedTuple):
     training: bool  # the caller's model.training
     requires_grad: list[bool]  # the caller's, per parameter
     grad_enabled: bool  # False under the caller's no_grad() (evaluation)
+    float_errors: dict[str, str]  # the caller's np.geterr(): a worker warns of what the caller would
 
 
 def _run_task(model: Module, task: _Task) -> float:
@@ -183,6 +184,7 @@ class _Update(NamedTuple):
     groups: list[tuple[int, optim.AdamWHyper]]
     part: int
     parts: int
+    float_errors: dict[str, str]  # as _Task's
 
 
 def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
@@ -225,15 +227,16 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
             try:  # unpickled here, so that a loss_fn this process cannot import is one error
                 task = pickle.loads(message)
                 if isinstance(task, _Update):
-                    for group, hyper in task.groups:
-                        arrays = optim.FlatArrays(*flats[group].arrays, scratch[group])
-                        optim.adamw_update(arrays, hyper, task.part, task.parts)
+                    with np.errstate(**task.float_errors):
+                        for group, hyper in task.groups:
+                            arrays = optim.FlatArrays(*flats[group].arrays, scratch[group])
+                            optim.adamw_update(arrays, hyper, task.part, task.parts)
                     conn.send(("ok",))
                     continue
                 model.train(task.training)
                 for p, needs in zip(params, task.requires_grad):
                     p.grad, p.requires_grad = None, needs
-                with contextlib.nullcontext() if task.grad_enabled else no_grad():
+                with contextlib.nullcontext() if task.grad_enabled else no_grad(), np.errstate(**task.float_errors):
                     loss = _run_task(model, task)
             except MemoryError as exc:  # raised as MemoryError by the caller too: not a bug
                 conn.send(("memory", str(exc)))
@@ -501,7 +504,7 @@ class DataParallel:
         """Run AdamW's updates: piece 0 of each flat group here, piece i in worker i."""
         groups = [(self._pool.flats.index(flat), hyper) for flat, hyper in updates]
         parts = len(self._pool.conns) + 1
-        messages = [_Update(groups, part, parts) for part in range(1, parts)]
+        messages = [_Update(groups, part, parts, np.geterr()) for part in range(1, parts)]
 
         def first_pieces() -> None:
             for flat, hyper in updates:
@@ -538,7 +541,7 @@ class DataParallel:
             seeds = list(backend.generator("cpu").integers(2**63, size=len(slices)))
         else:
             seeds = [None] * len(slices)
-        caller = dict(backward=backward, training=self.model.training,
+        caller = dict(backward=backward, training=self.model.training, float_errors=np.geterr(),
                       requires_grad=[p.requires_grad for p in self.params], grad_enabled=is_grad_enabled())
         tasks = [_Task(loss_fn, part, seed, len(part[0]) / n, **caller) for part, seed in zip(slices, seeds)]
         pool.refresh_weights()  # the workers see the weights as they are now

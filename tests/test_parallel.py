@@ -58,6 +58,12 @@ def memory_hungry_loss(model, x, y):
     return loss_of(model, x, y)
 
 
+def overflowing_loss(model, x, y):
+    if x[0, 0] == FAILING_ID:
+        np.full(2, 3e38, np.float32) * np.float32(10)  # overflows to inf: warns, raises or not, by np.geterr()
+    return loss_of(model, x, y)
+
+
 def slow_loss(model, x, y):
     time.sleep(0.2)
     return loss_of(model, x, y)
@@ -282,7 +288,7 @@ def test_dropout_draws_a_seeded_stream_per_slice():
     with no_grad():
         each = [parallel_module._run_task(model, parallel_module._Task(
                     logits_sum, (x[i:i + 1],), seed, share=0.5, backward=False, training=True,
-                    requires_grad=[True] * len(model.parameters()), grad_enabled=False))
+                    requires_grad=[True] * len(model.parameters()), grad_enabled=False, float_errors=np.geterr()))
                 for i, seed in enumerate(seeds)]
     assert each[0] != each[1]
     np.testing.assert_allclose(total, sum(each), rtol=1e-6)
@@ -303,6 +309,18 @@ def test_a_failing_slice_raises_and_the_next_call_still_works(two_workers, faili
     with pytest.raises(RuntimeError, match="this slice failed"):
         parallel.loss(failing_loss, bad, y, backward=True)
     assert loss_and_grads(parallel, x, y)[0] == expected
+
+
+def test_workers_follow_the_callers_numpy_error_settings(two_workers):
+    """An overflow in a worker's slice does what it would do in the caller: the trainer, which
+    checks its losses itself, silences NumPy's warnings, and its workers must not print them."""
+    _, parallel = two_workers
+    x, y = batch(4)
+    x[2, 0] = FAILING_ID  # the worker's slice overflows
+    with np.errstate(over="raise"), pytest.raises(RuntimeError, match="worker 1: FloatingPointError"):
+        parallel.loss(overflowing_loss, x, y)
+    with np.errstate(over="ignore"):
+        assert np.isfinite(parallel.loss(overflowing_loss, x, y))
 
 
 @pytest.mark.parametrize("failing_slice", [0, 1], ids=["this-process", "worker"])

@@ -66,3 +66,20 @@ def test_a_zero_or_negative_temperature_is_refused():
 def test_options_out_of_range_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         probabilities(LOGITS, **options)
+
+
+class _Draws:
+    """A stand-in for np.random.Generator whose random() returns the given numbers."""
+
+    def __init__(self, *values: float):
+        self.values = np.array(values)
+
+    def random(self, shape):
+        return self.values.reshape(shape)
+
+
+def test_sample_never_picks_a_token_of_probability_zero_at_the_edges_of_the_draw():
+    probs = probabilities(np.array([[0.0, 5.0, 1.0, -1.0]]), top_k=2)  # ids 0 and 3 cut: probability 0
+    assert probs[0, 0] == probs[0, 3] == 0
+    lowest, highest = 0.0, np.nextafter(1.0, 0.0)  # the ends of [0, 1)
+    assert list(sample(np.repeat(probs, 2, axis=0), _Draws(lowest, highest))) == [1, 2]  # not 0, not 3

@@ -170,6 +170,118 @@ def test_resume_adds_no_duplicate_metrics_row(text_file, tmp_path):
     assert [r["step"] for r in read_metrics(out)] == [0, 2, 4, 6]
 
 
+def test_a_failed_save_leaves_the_last_checkpoint_and_resume_evaluates_that_step_again(
+        text_file, tmp_path, monkeypatch, capsys):
+    """The evaluation at step 4 is logged, then its checkpoint cannot be written (a full disk):
+    one line says so, ckpt.npz still holds step 2, and the resumed run drops the orphan row and
+    evaluates step 4 again, so that metrics.jsonl stays in step order without duplicates."""
+    out = tmp_path / "run"
+    common = ["--data", text_file, "--out-dir", out, "--eval-interval", "2", *TINY]
+    assert run_train(*common, "--max-iters", "2") == 0
+    real_save_run = train.save_run
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "save_run", disk_full)
+    capsys.readouterr()
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "4", "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: could not write {out / 'best.npz'} (No space left on device); " \
+                  "the checkpoint there before, if any, is intact"
+    assert load_checkpoint(out / "ckpt.npz")[1]["step"] == 2 and read_metrics(out)[-1]["step"] == 4
+    monkeypatch.setattr(train, "save_run", real_save_run)
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "6") == 0
+    assert [r["step"] for r in read_metrics(out)] == [0, 2, 4, 6]
+
+
+def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(text_file, tmp_path):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--eval-interval", "2", "--max-iters", "4", *TINY) == 0
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:-20])  # the row of step 4 cut short
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "6") == 0  # (plots loss.png from every row)
+    assert [r["step"] for r in read_metrics(out)] == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("step", "x"), ("step", -5), ("step", 2.5), ("optimizer_t", -1), ("clipped_steps", None),
+    ("best_val_loss", "x"), ("elapsed_s", float("nan")), ("batch_rng", {"bit_generator": "PCG64", "state": -1}),
+    ("dropout_rng", {"bit_generator": "Nope"}),
+])
+def test_resume_refuses_bad_training_state_in_one_line(text_file, tmp_path, capsys, key, value):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    meta[key] = value
+    save_checkpoint(out / "ckpt.npz", arrays, meta)
+    capsys.readouterr()
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "4", "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no usable training state" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("value", [64.0, "64", True])
+def test_a_checkpoint_whose_sizes_are_not_whole_numbers_is_refused(text_file, tmp_path, capsys, value):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    meta["config"]["block_size"] = value
+    save_checkpoint(out / "ckpt.npz", arrays, meta)
+    capsys.readouterr()
+    assert sample.main(["--out-dir", str(out), "--max-new-tokens", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--block-size must be a whole number" in err and "\n" not in err
+
+
+def test_a_checkpoint_with_weights_that_are_not_finite_is_refused(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    arrays[next(name for name in arrays if name.startswith("model."))].flat[0] = np.nan
+    save_checkpoint(out / "ckpt.npz", arrays, meta)
+    capsys.readouterr()
+    assert sample.main(["--out-dir", str(out), "--max-new-tokens", "5"]) == 2
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "2") == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all("weights that are not finite" in line for line in errors)
+
+
+def test_a_run_trained_on_a_device_this_machine_lacks_says_how_to_go_on(text_file, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    meta["config"]["device"] = "cuda"  # as if trained on a GPU
+    save_checkpoint(out / "ckpt.npz", arrays, meta)
+
+    def cuda_missing(device: str) -> str:
+        if device != "cpu":
+            raise run.UserError(f"--device {device} is not available: no GPU here")
+        return device
+
+    monkeypatch.setattr(train, "check_device", cuda_missing)
+    capsys.readouterr()
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert "was trained with --device cuda" in err and "add --device cpu" in err and "\n" not in err
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "2", "--device", "cpu") == 0
+
+
+def test_quiet_belongs_to_one_invocation_not_to_the_run(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0  # TINY is --quiet
+    capsys.readouterr()
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "3") == 0
+    assert "resuming" in capsys.readouterr().err  # beside a progress bar, on stderr: not quiet any more
+    assert json.loads((out / "config.json").read_text())["quiet"] is False
+
+
+def test_an_out_dir_that_is_a_file_is_refused(text_file, tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a directory")
+    assert run_train("--data", text_file, "--out-dir", tmp_path / "taken", "--max-iters", "1", *TINY) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out-dir {tmp_path / 'taken'} is a file, not a directory"
+
+
 def test_a_resumed_run_keeps_its_worker_count(text_file, tmp_path, monkeypatch):
     """The worker count decides the slices (and each slice's dropout stream): a resumed run must
     not pick a new one on a machine with more cores."""
@@ -200,7 +312,7 @@ def test_resume_from_a_checkpoint_without_training_state_is_refused(text_file, t
     del meta["optimizer_t"]
     save_checkpoint(out / "ckpt.npz", {k: v for k, v in arrays.items() if k.startswith("model.")}, meta)
     capsys.readouterr()
-    assert run_train("--out-dir", out, "--resume", "--max-iters", "4") == 2
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "4", "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "no usable training state" in err and "\n" not in err
     assert sample.main(["--out-dir", str(out), "--max-new-tokens", "5"]) == 0  # the weights still sample
@@ -248,13 +360,14 @@ def test_bad_checkpoints_and_prompts_get_one_line_errors(text_file, tmp_path, ca
     assert len(errors) == 3 and all(line.startswith("error:") for line in errors)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflows that make the loss inf
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the loop's overflows warn of nothing
 def test_diverging_loss_stops_with_the_last_good_checkpoint(text_file, tmp_path, capsys):
     out = tmp_path / "run"
     code = run_train("--data", text_file, "--out-dir", out, "--max-iters", "50", "--eval-interval", "100",
                      "--lr", "1e30", "--warmup-iters", "0", "--grad-clip", "0", *TINY)
     assert code == 2
-    assert "loss became" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the loss became") and "\n" not in err
     _, meta = load_checkpoint(out / "ckpt.npz")
     assert meta["step"] == 0  # the evaluation at step 0 wrote it; nothing after overwrote it
 
