@@ -103,8 +103,7 @@ class CharDataset:
         n = len(self.split(split))
         if n < block_size + 1:
             raise UserError(
-                f"the {split} split has {n} tokens, shorter than block size {block_size} + 1: "
-                "use a longer text or a smaller --block-size"
+                f"the {split} split has {n} tokens, shorter than block size {block_size} + 1"
             )
 
     def get_batch(self, split: str, batch_size: int, block_size: int,

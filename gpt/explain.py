@@ -194,7 +194,7 @@ def attention(args: argparse.Namespace) -> None:
 def cost(args: argparse.Namespace) -> None:
     nanograd.manual_seed(0)
     rng = np.random.default_rng(0)
-    print(f"{'block':>6} {'forward ms':>11} {'attention ms':>13} {'per token us':>13}")
+    print(f"{'block':>6} {'forward ms':>11} {'attention ms':>13} {'share':>6} {'per token us':>13}")
     for T in args.block_sizes:
         model = GPT(GPTConfig(vocab_size=65, block_size=T, n_layer=4, n_head=4, n_embd=128)).eval()
         idx = rng.integers(0, 65, (1, T))
@@ -202,8 +202,9 @@ def cost(args: argparse.Namespace) -> None:
         with no_grad():
             forward = _best_time(model, idx)
             attend = _best_time(F.scaled_dot_product_attention, q, k, v) * 4  # 4 layers
-        print(f"{T:>6} {forward * 1e3:>11.2f} {attend * 1e3:>13.2f} {forward / T * 1e6:>13.1f}")
-    print("the matmuls grow with T, attention's T x T scores with T^2: at long blocks it dominates")
+        print(f"{T:>6} {forward * 1e3:>11.2f} {attend * 1e3:>13.2f} {attend / forward:>6.0%} "
+              f"{forward / T * 1e6:>13.1f}")
+    print("the matmuls grow with T, attention's T x T scores with T^2: its share grows with the block")
 
 
 def profile(args: argparse.Namespace) -> None:

@@ -2,9 +2,10 @@
 
 Generating token t+1 needs the keys and values of tokens 0..t in every layer. They do not
 change once computed, so the cache keeps them in preallocated arrays (n_layer, B, nh, block,
-hs) and each new token runs the network on its own position only. This pass calls the same
-op forwards as GPT.forward (nanograd.ops: LayerNorm, Gelu, ScaledDotProductAttention) directly
-on arrays: no graph, no Tensor wrappers, which is most of the cost at one position.
+hs) and each new token runs the network on its own position only. This pass calls the
+forwards of the ops GPT.forward uses (nanograd.ops: LayerNorm, Gelu, and
+ScaledDotProductAttention, whose subclass SelfAttention the model calls on its fused q, k, v)
+directly on arrays: no graph, no Tensor wrappers, which is most of the cost at one position.
 tests/test_gpt.py checks that its logits equal the full model's.
 
 Shapes: B = batch, T = new positions, C = channels, nh = heads, hs = head size.

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="independent samples")
     p.add_argument("--seed", type=int, default=1337, help="the same seed gives the same text")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole context for each token")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute the last block_size characters for each token (slower; once the text "
+                   "outgrows the block, other text than the cache's for the same seed)")
     return p
 
 

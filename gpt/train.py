@@ -170,7 +170,11 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
 
     text = load_text(config.data)
     dataset = CharDataset(text, tokenizer=tokenizer, val_fraction=config.val_fraction)
-    dataset.check_block_size(config.block_size)
+    try:
+        dataset.check_block_size(config.block_size)
+    except UserError as exc:  # say what the user can change
+        remedy = " (a resumed run keeps its block size)" if resume_meta else " or a smaller --block-size"
+        raise UserError(f"{exc}: use a longer text{remedy}") from None
     tokenizer = dataset.tokenizer
 
     nanograd.manual_seed(config.seed)

@@ -276,6 +276,17 @@ def test_quiet_belongs_to_one_invocation_not_to_the_run(text_file, tmp_path, cap
     assert json.loads((out / "config.json").read_text())["quiet"] is False
 
 
+def test_a_resumed_run_on_a_text_too_short_for_its_block_says_the_block_size_stays(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    short = tmp_path / "short.txt"
+    short.write_text(text_file.read_text()[:100])  # its val split: 10 tokens, fewer than block size 16 + 1
+    capsys.readouterr()
+    assert run_train("--out-dir", out, "--resume", "--data", short, "--max-iters", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("shorter than block size 16 + 1: use a longer text (a resumed run keeps its block size)")
+
+
 def test_an_out_dir_that_is_a_file_is_refused(text_file, tmp_path, capsys):
     (tmp_path / "taken").write_text("not a directory")
     assert run_train("--data", text_file, "--out-dir", tmp_path / "taken", "--max-iters", "1", *TINY) == 2
