@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,39 @@ def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
     return GPT(config.model_config(vocab_size))
 
 
+def memory_lower_bound(config: TrainConfig, vocab_size: int, training: bool) -> int:
+    """Bytes of float32 the model needs at the least: its weights; to train, also their
+    gradients and AdamW's two moments, and the activations a step keeps for its backward pass.
+
+    Counted low on purpose, so that a refusal (check_memory) is never wrong: only the big
+    matrices, and of the activations only each layer's normalised inputs, q k v, the MLP's
+    three (B, T, 4C) arrays, the attention weights (half the block per query, as causal), and
+    the logits with their softmax. The baby model counts 42 MiB, where one process's NumPy
+    arrays peak at 61 MiB in a step (tracemalloc), and its two processes' memory, Python and
+    all, at 162 MiB (benchmarks/RESULTS.md)."""
+    V, T, C, L = vocab_size, config.block_size, config.n_embd, config.n_layer
+    if config.model == "bigram":
+        weights, per_token = V * V, V  # the table; the logits it returns
+    else:
+        weights = L * 12 * C * C + (V + T) * C + (0 if config.tie_weights else V * C)
+        per_token = L * (18 * C + config.n_head * T // 2) + C + 2 * V
+    if not training:
+        return 4 * weights
+    return 4 * (4 * weights + config.batch_size * T * per_token)
+
+
+def check_memory(needed: int, what: str) -> None:
+    """A one-line error where `needed` bytes exceed the machine's memory, instead of the
+    system killing the process without a word once the pages are touched."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+        return
+    if needed > total:
+        raise UserError(f"{what} needs at least {needed / 2**30:,.1f} GiB, more than this machine's "
+                        f"{total / 2**30:,.1f} GiB of memory: try smaller sizes")
+
+
 def checkpoint_path(out_dir: str | Path, best: bool = False) -> Path:
     return Path(out_dir) / ("best.npz" if best else "ckpt.npz")
 
@@ -248,6 +282,7 @@ def load_run(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig, C
         tokenizer = CharTokenizer.from_json(meta["tokenizer"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"checkpoint {path} has no usable config or tokenizer ({exc})") from None
+    check_memory(memory_lower_bound(config, tokenizer.vocab_size, training=False), f"the model in {path}")
     model = build_model(config, tokenizer.vocab_size)
     weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
     try:

@@ -33,8 +33,10 @@ from .run import (
     build_model,
     build_parser,
     check_device,
+    check_memory,
     checkpoint_path,
     load_run,
+    memory_lower_bound,
     parameter_groups,
     resolve,
     save_run,
@@ -177,6 +179,8 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
         raise UserError(f"{exc}: use a longer text{remedy}") from None
     tokenizer = dataset.tokenizer
 
+    if device == "cpu":  # (a GPU's memory is its own: CuPy raises a MemoryError there)
+        check_memory(memory_lower_bound(config, tokenizer.vocab_size, training=True), "training this model")
     nanograd.manual_seed(config.seed)
     if model is None:
         model = build_model(config, tokenizer.vocab_size)

@@ -287,6 +287,53 @@ def test_a_resumed_run_on_a_text_too_short_for_its_block_says_the_block_size_sta
     assert err.endswith("shorter than block size 16 + 1: use a longer text (a resumed run keeps its block size)")
 
 
+@pytest.mark.parametrize("sizes", [
+    dict(model="bigram", batch_size=32, block_size=8),
+    dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4),
+    dict(n_layer=1, n_head=4, n_embd=64, block_size=64, batch_size=6, tie_weights=False, bias=False),
+])
+def test_the_memory_lower_bound_is_below_what_a_training_step_allocates(sizes):
+    """check_memory refuses a run on this estimate, so it must never exceed the truth: here the
+    peak of NumPy's allocations (which tracemalloc sees) while the model is built and takes
+    one AdamW step."""
+    import tracemalloc
+
+    import nanograd
+    from nanograd import optim
+
+    config = run.TrainConfig(**sizes)
+    vocab_size = 29
+    tracemalloc.start()
+    try:
+        nanograd.manual_seed(0)
+        model = run.build_model(config, vocab_size)
+        opt = optim.AdamW(model.parameters())
+        ids = np.random.default_rng(0).integers(0, vocab_size, (2, config.batch_size, config.block_size))
+        model(ids[0], ids[1])[1].backward()
+        opt.step()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert run.memory_lower_bound(config, vocab_size, training=False) < run.memory_lower_bound(
+        config, vocab_size, training=True) <= peak
+
+
+def test_sizes_beyond_the_machines_memory_are_refused_in_one_line(text_file, tmp_path, capsys):
+    """Instead of the system killing the process without a word once the pages are touched."""
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    capsys.readouterr()
+    assert run_train("--data", text_file, "--out-dir", tmp_path / "huge", *TINY, "--batch-size", str(10**12)) == 2
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    meta["config"]["n_layer"] = 10**9
+    save_checkpoint(out / "ckpt.npz", arrays, meta)
+    assert sample.main(["--out-dir", str(out), "--max-new-tokens", "5"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors[0].startswith("error: training this model needs at least ")
+    assert errors[1].startswith(f"error: the model in {out / 'ckpt.npz'} needs at least ")
+    assert len(errors) == 2 and all("GiB of memory: try smaller sizes" in line for line in errors)
+
+
 def test_an_out_dir_that_is_a_file_is_refused(text_file, tmp_path, capsys):
     (tmp_path / "taken").write_text("not a directory")
     assert run_train("--data", text_file, "--out-dir", tmp_path / "taken", "--max-iters", "1", *TINY) == 2
