@@ -91,19 +91,19 @@ class CharDataset:
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
         return self.train if name == "train" else self.val
 
-    def check_block_size(self, block_size: int) -> None:
+    def check_block_size(self, block_size: int, remedy: str = "use a longer text or a smaller --block-size") -> None:
         """Every split that is used must hold at least one chunk of block_size + 1 tokens:
         checked once up front, so a bad --block-size fails before training starts."""
         for name in ("train", "val") if self.val_fraction > 0 else ("train",):
-            self._check_chunk_fits(name, block_size)
+            self._check_chunk_fits(name, block_size, remedy)
 
-    def _check_chunk_fits(self, split: str, block_size: int) -> None:
+    def _check_chunk_fits(self, split: str, block_size: int, remedy: str) -> None:
         if block_size <= 0:
             raise UserError(f"block size must be positive, got {block_size}")
         n = len(self.split(split))
         if n < block_size + 1:
             raise UserError(
-                f"the {split} split has {n} tokens, shorter than block size {block_size} + 1"
+                f"the {split} split has {n} tokens, shorter than block size {block_size} + 1: {remedy}"
             )
 
     def get_batch(self, split: str, batch_size: int, block_size: int,
@@ -115,7 +115,7 @@ class CharDataset:
         """
         if batch_size <= 0:
             raise UserError(f"batch size must be positive, got {batch_size}")
-        self._check_chunk_fits(split, block_size)
+        self._check_chunk_fits(split, block_size, "use a longer text")
         data = self.split(split)
         starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,): every valid start
         chunks = data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (B, T + 1)

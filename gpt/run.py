@@ -71,8 +71,7 @@ class TrainConfig:
     quiet: bool = field(default=False, metadata={"help": "no progress bar (for logs)"})
 
     def validate(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters",
-                     "max_iters", "warmup_iters", "sample_tokens", "seed", "workers", "lr_decay_iters"):
+        for name in (f.name for f in dataclasses.fields(self) if f.type in ("int", "int | None")):
             value = getattr(self, name)  # (a checkpoint's JSON could hold 64.0 or "64")
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
@@ -197,8 +196,8 @@ def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Tr
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
     # how this invocation shows its progress is not part of the run: --quiet is not kept
-    kept = {k: v for k, v in (saved or {}).items() if k != "quiet"}
-    values = {**PRESETS[preset], **kept, **given, "preset": preset}
+    saved_settings = {k: v for k, v in (saved or {}).items() if k != "quiet"}
+    values = {**PRESETS[preset], **saved_settings, **given, "preset": preset}
     if saved is not None:
         if given.get("preset", preset) != saved.get("preset", preset):
             raise UserError(f"the run was trained with --preset {saved.get('preset')}, which a resumed run "
@@ -226,20 +225,23 @@ def memory_lower_bound(config: TrainConfig, vocab_size: int, training: bool) -> 
     gradients and AdamW's two moments, and the activations a step keeps for its backward pass.
 
     Counted low on purpose, so that a refusal (check_memory) is never wrong: only the big
-    matrices, and of the activations only each layer's normalised inputs, q k v, the MLP's
-    three (B, T, 4C) arrays, the attention weights (half the block per query, as causal), and
-    the logits with their softmax. The baby model counts 42 MiB, where one process's NumPy
-    arrays peak at 61 MiB in a step (tracemalloc), and its two processes' memory, Python and
-    all, at 162 MiB (benchmarks/RESULTS.md)."""
+    matrices; of the activations, per position, each layer's two normalised inputs (C each),
+    q k v (3C), the attention output (C), the MLP's three (4C) arrays and the attention weights
+    (half the block per query and head, as causal), then the final normalised output (C) and
+    the logits with their softmax (V each). The baby model counts 42 MiB, where one process's
+    NumPy arrays peak at 61 MiB in a step (tracemalloc), and its two processes' memory,
+    Python and all, at 161.9 MiB (benchmarks/RESULTS.md)."""
     V, T, C, L = vocab_size, config.block_size, config.n_embd, config.n_layer
     if config.model == "bigram":
-        weights, per_token = V * V, V  # the table; the logits it returns
+        weights, per_position = V * V, V  # the table; the logits it returns
     else:
         weights = L * 12 * C * C + (V + T) * C + (0 if config.tie_weights else V * C)
-        per_token = L * (18 * C + config.n_head * T // 2) + C + 2 * V
+        per_position = L * (18 * C + config.n_head * T // 2) + C + 2 * V
+    float32_bytes = 4
     if not training:
-        return 4 * weights
-    return 4 * (4 * weights + config.batch_size * T * per_token)
+        return float32_bytes * weights
+    copies = 4  # weights, gradients, AdamW's two moments
+    return float32_bytes * (copies * weights + config.batch_size * T * per_position)
 
 
 def check_memory(needed: int, what: str) -> None:

@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337, help="the same seed gives the same text")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     p.add_argument("--no-cache", action="store_true",
-                   help="recompute the last block_size characters for each token (slower; once the text "
-                   "outgrows the block, other text than the cache's for the same seed)")
+                   help="recompute the last block_size characters for each token: slower, and once the "
+                   "text outgrows the block, different text for the same seed (docs/05-transformer.md)")
     return p
 
 

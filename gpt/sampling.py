@@ -70,9 +70,10 @@ def default_prompt(vocabulary: list[str]) -> str:
 def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One token per row of probs (B, V): inverse-CDF sampling with one uniform draw per row."""
     cdf = np.cumsum(probs, axis=-1)  # (B, V)
-    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]  # (B, 1) in [0, total)
-    u = np.maximum(u, np.finfo(cdf.dtype).tiny)  # a draw of exactly 0 would pick id 0 even at probability 0
-    return (cdf < u).sum(axis=-1).astype(np.int64)  # (B,) first index where cdf >= u
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]  # (B, 1) in [0, total): below the last cdf
+    # (B,) the first index whose cdf exceeds u. A token of probability 0 adds nothing to the
+    # cdf, so it is never that index, even at a draw of exactly 0
+    return (cdf <= u).sum(axis=-1).astype(np.int64)
 
 
 def stream(

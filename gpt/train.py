@@ -172,11 +172,10 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
 
     text = load_text(config.data)
     dataset = CharDataset(text, tokenizer=tokenizer, val_fraction=config.val_fraction)
-    try:
+    if resume_meta is None:
         dataset.check_block_size(config.block_size)
-    except UserError as exc:  # say what the user can change
-        remedy = " (a resumed run keeps its block size)" if resume_meta else " or a smaller --block-size"
-        raise UserError(f"{exc}: use a longer text{remedy}") from None
+    else:
+        dataset.check_block_size(config.block_size, "use a longer text (a resumed run keeps its block size)")
     tokenizer = dataset.tokenizer
 
     if device == "cpu":  # (a GPU's memory is its own: CuPy raises a MemoryError there)

@@ -166,7 +166,7 @@ def filled(xp: ModuleType, n: int, value: float, dtype: Any) -> Any:
     """A vector of n copies of value, made once per size and shared (so read-only on the CPU):
     the vectors that turn sums into matrix-vector products (sum_leading_axes, row sums in
     ops/nn.py). Under 1 us saved per sum, but a KV-cached token makes about 20 of them
-    (benchmarks/RESULTS.md: with a dropped max, 14-17 us a token)."""
+    (benchmarks/RESULTS.md: with a dropped max, 10-14 us a token)."""
     vector = xp.full(n, value, dtype=dtype)
     if xp is np:
         vector.flags.writeable = False

@@ -8,8 +8,8 @@ processes are the parallelism, and idle BLAS threads spin on the cores they need
 Why processes and not threads: NumPy releases the GIL inside its loops, so threads do run at
 once, but each of the ~600 NumPy calls of a step must take the lock back afterwards, often
 while the other thread's Python holds it. On the 2-core machine here a half-batch baby step
-took 26-29 ms alone and 33-36 ms beside a second thread; two processes took 26.4 ms each
-(alone: 26.3 ms; benchmarks/RESULTS.md).
+took 26-29 ms alone and 33-36 ms beside a second thread, but 27.7 and 30.3 ms beside a
+second process, against 26.3 and 28.7 ms alone (benchmarks/RESULTS.md).
 
 How: the calling process trains on the first slice itself, on the model. Each other slice
 goes to a worker process that holds a copy of the model, sent once when it starts. Weights

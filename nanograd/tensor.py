@@ -189,14 +189,16 @@ class Tensor:
 
     # ---- operators (the ops themselves live in nanograd/ops) ---------------------------------
     def _lift(self, other: Any) -> Tensor:
-        """Numbers take this tensor's dtype, so float32 stays float32: Python numbers and NumPy
-        scalars alike (`x / mask.sum()` divides by an np.int64, which NumPy would let turn
-        float32 into float64). An integer tensor times a float is float, not truncated."""
+        """Python numbers take this tensor's dtype, so float32 stays float32; so do NumPy scalars
+        with a floating tensor (`x / mask.sum()` divides by an np.int64, which NumPy would let
+        turn float32 into float64). An integer tensor times a Python float is float, not
+        truncated; with a NumPy scalar it follows NumPy's promotion (nothing wraps round)."""
         if isinstance(other, Tensor):
             return other
         xp = backend.array_module(self.data)
-        if isinstance(other, (int, float, np.integer, np.floating)):
-            keeps_dtype = isinstance(other, (int, np.integer)) or xp.issubdtype(self.dtype, xp.floating)
+        floating = xp.issubdtype(self.dtype, xp.floating)
+        if isinstance(other, (int, float)) or (floating and isinstance(other, (np.integer, np.floating))):
+            keeps_dtype = floating or isinstance(other, int)
             return Tensor(xp.asarray(other, dtype=self.dtype if keeps_dtype else xp.float32))
         return Tensor(xp.asarray(other))
 

@@ -198,9 +198,11 @@ def test_fixed_batches_are_the_same_every_time(dataset):
 def test_block_size_longer_than_a_split_is_refused(dataset):
     assert (len(dataset.train), len(dataset.val)) == (416, 104)
     dataset.check_block_size(103)
-    with pytest.raises(UserError, match=r"the val split has 104 tokens, shorter than block size 104 \+ 1"):
+    with pytest.raises(UserError, match=r"the val split has 104 tokens, shorter than block size 104 \+ 1: "
+                                        r"use a longer text or a smaller --block-size$"):
         dataset.check_block_size(104)
-    with pytest.raises(UserError, match=r"the train split has 416 tokens, shorter than block size 500 \+ 1"):
+    with pytest.raises(UserError, match=r"the train split has 416 tokens, shorter than block size 500 \+ 1: "
+                                        r"use a longer text$"):  # (the callers of get_batch may fix the size)
         dataset.get_batch("train", 2, 500, np.random.default_rng(0))
     CharDataset("abcdef", val_fraction=0.0).check_block_size(5)  # no val split to check
 

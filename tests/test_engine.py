@@ -22,6 +22,12 @@ def test_python_numbers_and_lists_become_float32_and_float64_stays():
     assert Tensor([1, 2], dtype=np.float64).dtype == np.float64
 
 
+def test_numpy_scalars_with_an_integer_tensor_follow_numpy_and_never_wrap_round():
+    assert (Tensor(np.array([1], np.int32)) + np.int64(2**31)).data.tolist() == [2**31 + 1]
+    assert (Tensor(np.array([3], np.uint8)) * np.int64(-1)).data.tolist() == [-3]
+    assert (Tensor(np.array([True, False])) + np.int64(2)).data.tolist() == [3, 2]
+
+
 def test_tensor_attributes():
     x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
     assert x.shape == (2, 3) and x.ndim == 2 and x.device == "cpu" and x.requires_grad
