@@ -1,6 +1,7 @@
 """Forward and backward time of each nanograd op at the baby GPT's sizes, beside PyTorch.
 
-    python benchmarks/bench_ops.py
+    python benchmarks/bench_ops.py              # beside PyTorch, if installed
+    python benchmarks/bench_ops.py --no-torch   # nanograd alone
 
 B=12, T=64, C=128, nh=4, V=65. Validate, then time (as llm.c's dev/cuda benchmarks do): each
 op's output is first checked against a plain NumPy version of its formula and, with PyTorch
@@ -9,6 +10,7 @@ installed, its output and input gradients against PyTorch's. Only then is it tim
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import sys
@@ -142,9 +144,12 @@ def check(name: str, actual: np.ndarray, expected: np.ndarray, what: str) -> Non
     np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=atol, err_msg=f"{name}: {what}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--no-torch", action="store_true", help="check and time nanograd alone")
+    args = p.parse_args(argv)
     nanograd.backend.keep_freed_memory()  # as gpt.train does: the same allocator for both implementations
-    torch = setup_torch("cpu")
+    torch = None if args.no_torch else setup_torch("cpu")
     head = f"{'op':<26} {'fwd ms':>8} {'bwd ms':>8}"
     print(f"B={B} T={T} C={C} nh={NH} V={V}, float32, BLAS threads: {blas_threads()}")
     print(head + (f" | {'torch fwd':>9} {'torch bwd':>9} | {'ratio':>6}" if torch else ""))

@@ -52,7 +52,8 @@ def check_device_or_exit(device: str) -> str:
     try:
         return backend.check_device(device)
     except (ValueError, RuntimeError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None  # a bad flag: exit 2, as gpt.errors.exit_status gives
 
 
 def synchronize(device: str) -> None:

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     args.device = check_device_or_exit(args.device)
     if args.out_dir:
         model = load_run(checkpoint_path(args.out_dir), args.device)[0]
+        if model.new_cache() is None:  # the bigram: one character of context, nothing to cache
+            raise UserError(f"the model in {args.out_dir} keeps no KV cache (a bigram): train a GPT to time it")
     else:
         nanograd.manual_seed(0)
         model = build_model(TrainConfig(**PRESETS["baby"]), 65).to(args.device)

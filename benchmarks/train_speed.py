@@ -216,8 +216,12 @@ def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
     flags = [a for a in argv if a not in ("--memory", "--json")]  # the same preset, shape, device, steps
     scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # ru_maxrss: KiB on Linux, bytes on macOS
     for impl in impls:
-        out = subprocess.run([sys.executable, __file__, *flags, "--memory-child", impl],
-                             capture_output=True, text=True, check=True).stdout
+        child = subprocess.run([sys.executable, __file__, *flags, "--memory-child", impl],
+                               capture_output=True, text=True)
+        if child.returncode != 0:  # its own one-line error (out of memory, a bad size...), said once here
+            last = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else f"exit status {child.returncode}"
+            raise UserError(f"measuring {impl}'s memory failed: {last.removeprefix('error: ')}")
+        out = child.stdout
         baseline, peak, workers = (int(v) / scale for v in out.split())
         row = {"preset": args.preset, "impl": impl, "steps": args.steps, "device": args.device,
                "peak_rss_mib": round(peak + workers, 1), "after_imports_rss_mib": round(baseline, 1),
@@ -251,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("steps", "rounds"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
+    if args.warmup < 0:
+        raise UserError("--warmup must be 0 or more")
+    if args.memory and args.sweep:
+        raise UserError("--memory measures one configuration: leave out --sweep")
     args.device = check_device_or_exit(args.device)
     config = config_for(args)
     if args.torch_counts and (config.model != "bigram" or args.sweep or args.no_torch):

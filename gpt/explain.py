@@ -21,6 +21,7 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -47,7 +48,10 @@ def vocab(args: argparse.Namespace) -> None:
     tok = ds.tokenizer
     print(f"corpus: {len(text):,} characters")
     print(f"vocabulary: {tok.vocab_size} characters: {show(''.join(tok.chars))}")
-    ids = tok.encode(args.text)
+    try:
+        ids = tok.encode(args.text)
+    except UserError as exc:  # (the default --text may hold characters another corpus lacks)
+        raise UserError(f"--text {args.text!r}: {exc}") from None
     print(f"encode({args.text!r}) = {ids.tolist()}")
     print(f"decode({ids.tolist()}) = {tok.decode(ids)!r}")
     print(f"train: {len(ds.train):,} tokens, val: {len(ds.val):,} tokens ({ds.train.dtype}: 1 byte each)")
@@ -123,8 +127,17 @@ def _save_heatmap(matrix: np.ndarray, labels: list[str], path: str, title: str, 
     except ImportError:
         print("matplotlib is not installed: no picture (pip install -e '.[plot]')")
         return
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"--png {path} is a directory: give a file name, such as {target / 'picture.png'}")
+    target = target if target.suffix else target.with_suffix(".png")  # (what matplotlib would write)
     size = max(6, len(labels) * 0.14)
     fig, ax = plt.subplots(figsize=(size, size))
+    formats = fig.canvas.get_supported_filetypes()
+    if target.suffix[1:].lower() not in formats:
+        plt.close(fig)
+        raise UserError(f"--png {path}: matplotlib cannot write {target.suffix} files (it writes "
+                        f"{', '.join('.' + f for f in sorted(formats))})")
     ax.imshow(matrix, cmap="Blues")
     for axis, names in ((ax.set_yticks, labels), (ax.set_xticks, xlabels or labels)):
         axis(range(len(names)), [show(c) for c in names], fontsize=7)
@@ -132,9 +145,9 @@ def _save_heatmap(matrix: np.ndarray, labels: list[str], path: str, title: str, 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(target, dpi=100)
     plt.close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {target}")
 
 
 def averaging(args: argparse.Namespace) -> None:

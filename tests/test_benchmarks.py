@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -10,6 +11,15 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def import_benchmark(name: str):
+    """A benchmark script as a module (they import their neighbour common.py by path)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 def bench(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -26,11 +36,40 @@ def test_train_speed_prints_one_json_object_per_implementation():
     assert row["ms_per_step"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
 
 
-def test_sample_speed_compares_the_cache_with_recomputing():
-    result = bench("sample_speed.py", "--json", "--tokens", "5")
-    assert result.returncode == 0, result.stderr
-    row = json.loads(result.stdout)
+def test_sample_speed_compares_the_cache_with_recomputing(monkeypatch, capsys):
+    """Run in this process, so that the cache's pass can be counted: the cached run must use
+    it for every token, and the recomputing run never."""
+    from gpt.kvcache import KVCache
+
+    sample_speed = import_benchmark("sample_speed")
+    calls = []
+    advance = KVCache._advance
+    monkeypatch.setattr(KVCache, "_advance", lambda self, ids: (calls.append(ids.shape[1]), advance(self, ids))[1])
+    sample_speed.main(["--json", "--tokens", "5"])
+    row = json.loads(capsys.readouterr().out)
     assert row["tokens"] == 5 and row["speedup"] > 0 and row["kv_cache_tokens_per_s"] > 0
+    assert calls == [1] * (20 + 5)  # the warm-up's 20 tokens and the timed 5, one position each
+
+
+def test_bench_ops_checks_then_times_every_op():
+    result = bench("bench_ops.py", "--no-torch")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 + len(import_benchmark("bench_ops").OPS) + 1 and "checked before timing" in lines[-1]
+    wrong = bench("bench_ops.py", "--rounds", "3")
+    assert wrong.returncode == 2 and "unrecognized arguments: --rounds 3" in wrong.stderr
+
+
+def test_sample_speed_refuses_a_model_without_a_cache(tmp_path):
+    from gpt import train
+
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be\n" * 50)
+    assert train.main(["--preset", "bigram", "--data", str(text), "--out-dir", str(tmp_path / "bg"),
+                       "--max-iters", "1", "--eval-iters", "1", "--sample-tokens", "0", "--quiet"]) == 0
+    result = bench("sample_speed.py", "--tokens", "5", "--out-dir", str(tmp_path / "bg"))
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: the model in")
+    assert "keeps no KV cache" in result.stderr
 
 
 @pytest.mark.parametrize("script,args,message", [
@@ -40,6 +79,11 @@ def test_sample_speed_compares_the_cache_with_recomputing():
     ("sample_speed.py", ["--out-dir", "/nonexistent/run"], "no checkpoint"),
     ("torch_train.py", ["--max-iters", "-3"], "--max-iters must be 0 or more"),
     ("train_speed.py", ["--preset", "baby", "--torch-counts"], "--torch-counts changes the PyTorch twin of the bigram"),
+    ("train_speed.py", ["--warmup", "-1", "--no-torch"], "--warmup must be 0 or more"),
+    ("train_speed.py", ["--memory", "--sweep"], "--memory measures one configuration"),
+    ("train_speed.py", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("train_speed.py", ["--memory", "--no-torch", "--steps", "1", "--n-embd", str(2**20), "--n-head", "1",
+                        "--n-layer", "1"], "measuring nanograd's memory failed: out of memory"),
 ])
 def test_bad_flags_are_one_line_errors(script, args, message):
     result = bench(script, *args)
@@ -53,11 +97,7 @@ def test_the_pytorch_bigram_gives_the_same_loss_and_gradient_by_counts_as_by_loo
     """benchmarks/train_speed.py --torch-counts times the PyTorch bigram written as nanograd's
     (the loss from pair counts): it must be the same model, with the same gradient."""
     torch = pytest.importorskip("torch")
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from torch_gpt import TorchBigram
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    TorchBigram = import_benchmark("torch_gpt").TorchBigram
     idx, targets = torch.randint(0, 11, (4, 9)), torch.randint(0, 11, (4, 9))
     grads = []
     for counts in (False, True):

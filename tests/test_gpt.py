@@ -66,6 +66,24 @@ def test_kv_cached_and_uncached_generation_agree_within_block(device):
             idx = np.concatenate([idx, random_ids((3, 1), seed=idx.shape[1])], axis=1)
 
 
+def test_past_the_block_the_cache_restarts_on_the_last_half_block():
+    """With learned positions the cache cannot slide: when the sequence outgrows the block it
+    starts again from the last block // 2 tokens and grows back to a full block. At every
+    length its logits are those of the full model run on that window (kvcache.KVCache)."""
+    block = 8
+    model = tiny_gpt(block_size=block).eval()
+    cache = model.new_cache()
+    idx = random_ids((2, 1), seed=8)
+    start = 0  # where the cache's window begins
+    with no_grad():
+        for t in range(1, 3 * block):
+            if t - start > block:
+                start = t - block // 2
+            window = model.next_logits(idx[:, start:], None).numpy()
+            np.testing.assert_allclose(model.next_logits(idx, cache).numpy(), window, atol=1e-5)
+            idx = np.concatenate([idx, random_ids((2, 1), seed=100 + t)], axis=1)
+
+
 def test_cached_generation_runs_past_block_size_and_is_seeded():
     model = tiny_gpt(block_size=8).eval()
     prompt = random_ids((1, 3), seed=6)

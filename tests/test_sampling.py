@@ -49,9 +49,10 @@ def test_draws_follow_the_probabilities():
     np.testing.assert_allclose(counts, [0.1, 0.6, 0.3], atol=0.015)
 
 
-def test_a_zero_or_negative_temperature_is_refused():
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
+def test_a_zero_or_negative_temperature_is_refused(temperature):
     with pytest.raises(ValueError, match="temperature"):
-        probabilities(LOGITS, 0.0)
+        probabilities(LOGITS, temperature)
 
 
 @pytest.mark.parametrize("options,message", [

@@ -63,6 +63,8 @@ def test_run_writes_its_files_and_a_sample(text_file, tmp_path, capsys):
     assert (out / "ckpt.npz").exists() and (out / "best.npz").exists()
     printed = capsys.readouterr()
     assert "parameters" in printed.out + printed.err
+    sample = printed.out.split("done: ", 1)[1].split("\n", 1)[1]  # what follows the last log line
+    assert len(sample) == 1 + 20 + 1 and set(sample) <= set(text_file.read_text())  # prompt "\n", 20, print's "\n"
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -343,13 +345,14 @@ def test_an_out_dir_that_is_a_file_is_refused(text_file, tmp_path, capsys):
 def test_a_resumed_run_keeps_its_worker_count(text_file, tmp_path, monkeypatch):
     """The worker count decides the slices (and each slice's dropout stream): a resumed run must
     not pick a new one on a machine with more cores."""
-    out = tmp_path / "run"
-    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
-    _, config, *_ = load_run(out / "ckpt.npz")
-    assert config.workers == 1  # TINY is too small to share
-    monkeypatch.setattr(run, "default_workers", lambda: 8)
-    assert run_train("--out-dir", out, "--resume", "--max-iters", "4") == 0
-    assert json.loads((out / "config.json").read_text())["workers"] == 1
+    for workers in (1, 2):  # TINY is too small to share: 1 is what the default picks, 2 only if asked
+        out = tmp_path / f"run{workers}"
+        assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY, "--workers", workers) == 0
+        _, config, *_ = load_run(out / "ckpt.npz")
+        assert config.workers == workers
+        monkeypatch.setattr(run, "default_workers", lambda: 8)
+        assert run_train("--out-dir", out, "--resume", "--max-iters", "4") == 0
+        assert json.loads((out / "config.json").read_text())["workers"] == workers
 
 
 def test_a_run_saved_with_a_thread_count_resumes_with_as_many_workers(text_file, tmp_path):
@@ -361,6 +364,8 @@ def test_a_run_saved_with_a_thread_count_resumes_with_as_many_workers(text_file,
     del meta["config"]["workers"]
     save_checkpoint(out / "ckpt.npz", arrays, meta)
     assert load_run(out / "ckpt.npz")[1].workers == 2
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "3") == 0
+    assert json.loads((out / "config.json").read_text())["workers"] == 2
 
 
 def test_resume_from_a_checkpoint_without_training_state_is_refused(text_file, tmp_path, capsys):
