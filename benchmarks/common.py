@@ -14,6 +14,7 @@ from types import ModuleType
 
 import numpy as np
 
+from gpt.errors import UserError
 from nanograd import backend
 from nanograd.parallel import default_workers
 
@@ -48,12 +49,12 @@ def setup_torch(device: str) -> ModuleType | None:
 
 
 def check_device_or_exit(device: str) -> str:
-    """The device's normal name, or exit with one clear line when it cannot be used (no CuPy/GPU)."""
+    """The device's normal name, or a UserError (one line, exit 2, from the scripts' exit_status)
+    when it cannot be used (no CuPy, no GPU)."""
     try:
         return backend.check_device(device)
     except (ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None  # a bad flag: exit 2, as gpt.errors.exit_status gives
+        raise UserError(str(exc)) from None
 
 
 def synchronize(device: str) -> None:

@@ -28,6 +28,8 @@ from gpt import sampling  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model, checkpoint_path, load_run  # noqa: E402
 
+WARMUP_TOKENS = 20  # generated, untimed, before each timed run
+
 
 def main(argv: list[str] | None = None) -> None:
     nanograd.backend.keep_freed_memory()  # as gpt.train does: the same allocator for both implementations
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, use_cache in (("kv_cache", True), ("recompute", False)):
         # the same seed each time: both runs sample the same kind of text, token for token
         run = partial(sampling.generate, model, prompt, rng=np.random.default_rng(0), use_cache=use_cache)
-        run(max_new_tokens=20)  # warm-up: the first calls allocate memory and fill caches
+        run(max_new_tokens=WARMUP_TOKENS)  # the first calls allocate memory and fill caches
         rates[name] = args.tokens / time_calls(partial(run, max_new_tokens=args.tokens), 1, args.device)
     speedup = rates["kv_cache"] / rates["recompute"]
     if args.json:

@@ -24,7 +24,7 @@ from common import blas_threads, torch_or_none  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt.data import CharDataset, load_text  # noqa: E402
-from gpt.errors import exit_status  # noqa: E402
+from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.train import lr_at  # noqa: E402
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch = torch_or_none()
     if torch is None:
-        raise SystemExit("error: PyTorch is not installed (pip install -e '.[bench]')")
+        raise UserError("PyTorch is not installed (pip install -e '.[bench]')")
     from torch_gpt import TorchGPT, copy_weights  # (imports torch)
     torch.set_num_threads(blas_threads())
     config = TrainConfig(**PRESETS["baby"])

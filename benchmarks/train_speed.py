@@ -46,7 +46,7 @@ from common import (  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
-from gpt.run import PRESETS, TrainConfig, build_model, parameter_groups  # noqa: E402
+from gpt.run import PRESETS, TrainConfig, build_model, check_memory, memory_lower_bound, parameter_groups  # noqa: E402
 from gpt.train import train_step  # noqa: E402
 from nanograd import optim  # noqa: E402
 from nanograd.parallel import DataParallel, SharedMemoryTooSmall  # noqa: E402
@@ -89,6 +89,8 @@ def random_batch(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
 def nanograd_trainer(config: TrainConfig) -> tuple[Any, DataParallel, Step]:
     """(model, its DataParallel, one training step) for nanograd on config.device: gpt.train's
     own train_step."""
+    if config.device == "cpu":  # a one-line refusal, as gpt.train gives, rather than filling the memory
+        check_memory(memory_lower_bound(config, VOCAB, training=True), "training this model")
     nanograd.manual_seed(0)
     model = build_model(config, VOCAB).to(config.device)
     # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
@@ -96,7 +98,7 @@ def nanograd_trainer(config: TrainConfig) -> tuple[Any, DataParallel, Step]:
     try:
         parallel = DataParallel(model, config.data_parallel_workers(), opt)
     except SharedMemoryTooSmall as exc:
-        raise SystemExit(f"error: {exc} (--workers 1 needs none)") from None
+        raise UserError(f"{exc} (--workers 1 needs none)") from None
     x, y = random_batch(config)
 
     def step() -> None:
@@ -218,9 +220,11 @@ def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
     for impl in impls:
         child = subprocess.run([sys.executable, __file__, *flags, "--memory-child", impl],
                                capture_output=True, text=True)
-        if child.returncode != 0:  # its own one-line error (out of memory, a bad size...), said once here
-            last = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else f"exit status {child.returncode}"
-            raise UserError(f"measuring {impl}'s memory failed: {last.removeprefix('error: ')}")
+        if child.returncode != 0:
+            last = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else ""
+            if child.returncode == 2 and last.startswith("error: "):  # its one-line error (sizes too large...)
+                raise UserError(f"measuring {impl}'s memory failed: {last.removeprefix('error: ')}")
+            raise RuntimeError(f"measuring {impl}'s memory failed (exit status {child.returncode}):\n{child.stderr}")
         out = child.stdout
         baseline, peak, workers = (int(v) / scale for v in out.split())
         row = {"preset": args.preset, "impl": impl, "steps": args.steps, "device": args.device,

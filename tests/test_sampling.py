@@ -50,7 +50,7 @@ def test_draws_follow_the_probabilities():
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
-def test_a_zero_or_negative_temperature_is_refused(temperature):
+def test_a_temperature_that_is_not_positive_is_refused(temperature):
     with pytest.raises(ValueError, match="temperature"):
         probabilities(LOGITS, temperature)
 

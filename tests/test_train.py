@@ -505,6 +505,29 @@ def test_a_checkpoint_config_of_the_wrong_types_is_a_user_error(text_file, tmp_p
         assert err.startswith("error:") and "no usable config" in err and "\n" not in err
 
 
+def test_explain_refuses_a_picture_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch):
+    from gpt import explain
+
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be\n" * 50)
+    out = tmp_path / "bg"
+    assert run_train("--preset", "bigram", "--data", text, "--out-dir", out, "--max-iters", "1", *TINY) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    for png, message in ((".", "is a directory"), ("nowhere/x.png", "there is no directory nowhere"),
+                         ("x.bmp", "matplotlib cannot write .bmp files")):
+        if message.startswith("matplotlib"):
+            pytest.importorskip("matplotlib")
+        assert explain.main(["bigram", "--out-dir", str(out), "--char", "t", "--png", png]) == 2
+        printed = capsys.readouterr()
+        assert printed.out == "" and printed.err.startswith("error: --png") and message in printed.err
+    assert explain.main(["vocab", "--data", str(text), "--text", "xyz"]) == 2
+    assert capsys.readouterr().err.startswith("error: --text 'xyz': characters not in the vocabulary")
+    pytest.importorskip("matplotlib")
+    assert explain.main(["bigram", "--out-dir", str(out), "--char", "t", "--png", "table"]) == 0
+    assert "wrote table.png" in capsys.readouterr().out and (tmp_path / "table.png").stat().st_size > 1000
+
+
 def test_negative_seeds_are_one_line_errors(text_file, tmp_path, capsys):
     from gpt import explain
 
