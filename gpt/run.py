@@ -245,15 +245,47 @@ def memory_lower_bound(config: TrainConfig, vocab_size: int, training: bool) -> 
 
 
 def check_memory(needed: int, what: str) -> None:
-    """A one-line error where `needed` bytes exceed the machine's memory, instead of the
-    system killing the process without a word once the pages are touched."""
+    """A one-line error where `needed` bytes exceed the memory this process may use, instead of
+    the system killing it without a word once the pages are touched."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
         return
-    if needed > total:
-        raise UserError(f"{what} needs at least {needed / 2**30:,.1f} GiB, more than this machine's "
-                        f"{total / 2**30:,.1f} GiB of memory: try smaller sizes")
+    limit = min([machine, *cgroup_memory_limits()])
+    if needed > limit:
+        whose = "this machine's" if limit == machine else "this container's limit of"
+        raise UserError(f"{what} needs at least {needed / 2**30:,.1f} GiB, more than {whose} "
+                        f"{limit / 2**30:,.1f} GiB of memory: try smaller sizes")
+
+
+def cgroup_memory_limits(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                         root: Path = Path("/sys/fs/cgroup")) -> list[int]:
+    """The memory limits set on this process's control groups (Linux; a container gets one,
+    e.g. docker run --memory). Read where /proc/self/cgroup places the process (cgroup v2:
+    memory.max; v1: memory/memory.limit_in_bytes) and at the hierarchy's root, which is the
+    container's own where it has a cgroup namespace. "max", or v1's huge default, is no limit."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    files = {root / "memory.max", root / "memory" / "memory.limit_in_bytes"}
+    for line in lines:  # "hierarchy id:controllers:path"
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files.add(root / path.lstrip("/") / "memory.max")
+        elif "memory" in controllers.split(","):
+            files.add(root / "memory" / path.lstrip("/") / "memory.limit_in_bytes")
+    limits = []
+    for file in files:
+        try:
+            text = file.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return sorted(limits)
 
 
 def checkpoint_path(out_dir: str | Path, best: bool = False) -> Path:

@@ -336,6 +336,36 @@ def test_sizes_beyond_the_machines_memory_are_refused_in_one_line(text_file, tmp
     assert len(errors) == 2 and all("GiB of memory: try smaller sizes" in line for line in errors)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_containers_memory_limit_counts_as_the_memory_there_is(tmp_path, monkeypatch, version):
+    """docker run --memory 1g: the machine may have more, but the kernel stops the process at
+    the container's limit, so that is what check_memory compares with."""
+    root, proc = tmp_path / "cgroup", tmp_path / "proc_self_cgroup"
+    if version == "v2":
+        proc.write_text("0::/box\n")
+        (root / "box").mkdir(parents=True)
+        (root / "box" / "memory.max").write_text(f"{2**30}\n")
+    else:
+        proc.write_text("5:cpu,cpuacct:/box\n4:memory:/box\n")
+        (root / "memory" / "box").mkdir(parents=True)
+        (root / "memory" / "box" / "memory.limit_in_bytes").write_text(f"{2**30}\n")
+        (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # the host's: none
+    assert run.cgroup_memory_limits(proc, root) == [2**30] + ([9223372036854771712] if version == "v1" else [])
+    limits = run.cgroup_memory_limits
+    monkeypatch.setattr(run, "cgroup_memory_limits", lambda: limits(proc, root))  # check_memory reads these
+    run.check_memory(2**30 - 1, "this")
+    with pytest.raises(run.UserError, match=r"^this needs at least 1.0 GiB, more than this container's limit of "
+                                            r"1.0 GiB of memory: try smaller sizes$"):
+        run.check_memory(2**30 + 2**20, "this")
+    if version == "v2":
+        (root / "box" / "memory.max").write_text("max\n")  # no limit
+        assert limits(proc, root) == []
+    else:
+        (root / "memory" / "box" / "memory.limit_in_bytes").unlink()
+        assert limits(proc, root) == [9223372036854771712]  # v1's "no limit"
+    run.check_memory(2**30 + 2**20, "this")  # the machine has more than 1 GiB
+
+
 def test_an_out_dir_that_is_a_file_is_refused(text_file, tmp_path, capsys):
     (tmp_path / "taken").write_text("not a directory")
     assert run_train("--data", text_file, "--out-dir", tmp_path / "taken", "--max-iters", "1", *TINY) == 2
