@@ -184,8 +184,9 @@ def scaling(args: argparse.Namespace) -> None:
           f"var(q.k / sqrt(hs)) = {(raw / math.sqrt(hs)).var():.2f}")
     scores = Tensor(rng.standard_normal(8) * math.sqrt(hs))
     np.set_printoptions(precision=3, suppress=True)
-    print(f"softmax of unscaled scores: {F.softmax(scores).data}  (nearly one-hot)")
-    print(f"softmax of scaled scores:   {F.softmax(scores * (1 / math.sqrt(hs))).data}  (spread out)")
+    one_hot, spread = ("(nearly one-hot)", "(spread out)") if hs > 1 else ("", "(the same: 1 / sqrt(1) = 1)")
+    print(f"softmax of unscaled scores: {F.softmax(scores).data}  {one_hot}".rstrip())
+    print(f"softmax of scaled scores:   {F.softmax(scores * (1 / math.sqrt(hs))).data}  {spread}")
 
 
 def attention(args: argparse.Namespace) -> None:
@@ -331,36 +332,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gpt.explain", description=__doc__.split("\n\n")[0])
     topics = parser.add_subparsers(dest="topic", required=True)
 
-    def topic(name: str, fn, doc: str, data: bool = True) -> argparse.ArgumentParser:
+    def topic(name: str, fn, doc: str, data: bool = True, random: bool = True) -> argparse.ArgumentParser:
         p = topics.add_parser(name, help=doc, description=doc)
         p.set_defaults(run=fn)
         if data:
             p.add_argument("--data", default=None, help="UTF-8 text file (default: tiny shakespeare)")
-        p.add_argument("--seed", type=seed_int, default=1337)
+        if random:  # (only where something random is drawn)
+            p.add_argument("--seed", type=seed_int, default=1337)
         return p
 
-    topic("vocab", vocab, "the vocabulary and the tokenizer").add_argument("--text", default="hii there")
-    topic("chunk", chunk, "the T examples in one chunk").add_argument("--block-size", type=positive_int, default=8)
+    topic("vocab", vocab, "the vocabulary and the tokenizer", random=False).add_argument("--text", default="hii there")
+    topic("chunk", chunk, "the T examples in one chunk", random=False).add_argument(
+        "--block-size", type=positive_int, default=8)
     p = topic("batch", batch, "a batch of chunks")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--block-size", type=positive_int, default=8)
     topic("initial-loss", initial_loss, "untrained losses next to ln(V)")
-    p = topic("bigram", bigram, "a trained bigram's predictions and table", data=False)
+    p = topic("bigram", bigram, "a trained bigram's predictions and table", data=False, random=False)
     p.add_argument("--out-dir", default="out-bigram")
     p.add_argument("--char", default="a")
     p.add_argument("--top", type=positive_int, default=5)
     p.add_argument("--png", default=None, help="save the table as a heat map")
-    topic("averaging", averaging, "causal averaging as a matrix product", data=False).add_argument(
+    topic("averaging", averaging, "causal averaging as a matrix product", data=False, random=False).add_argument(
         "--block-size", type=positive_int, default=4)
     topic("scaling", scaling, "why scores are scaled by 1/sqrt(head size)", data=False).add_argument(
         "--head-size", type=positive_int, default=16)
-    p = topic("attention", attention, "one head's attention weights", data=False)
+    p = topic("attention", attention, "one head's attention weights", data=False, random=False)
     p.add_argument("--out-dir", default="out")
     p.add_argument("--prompt", default="ROMEO:\nBut soft!")
     p.add_argument("--layer", type=int, default=0)
     p.add_argument("--head", type=int, default=0)
     p.add_argument("--png", default=None, help="save the weights as a heat map")
-    topic("cost", cost, "forward time against block size", data=False).add_argument(
+    topic("cost", cost, "forward time against block size", data=False, random=False).add_argument(
         "--block-sizes", type=positive_int, nargs="+", default=[64, 128, 256, 512])
     p = topic("profile", profile, "where a training step's time goes, op by op", data=False)
     p.add_argument("--preset", default="baby", choices=sorted(PRESETS))
