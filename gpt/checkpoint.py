@@ -9,6 +9,7 @@ so a crash or Ctrl-C mid-write leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -115,7 +116,9 @@ def rng_from_json(state: dict[str, Any]) -> np.random.Generator:
                         f"(known: {', '.join(BIT_GENERATORS)})")
     bit_generator = BIT_GENERATORS[name]()
     try:
-        bit_generator.state = state
+        with warnings.catch_warnings():  # older NumPy wraps an out-of-range number round with a
+            warnings.simplefilter("ignore", DeprecationWarning)  # warning: refused just below
+            bit_generator.state = state
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise UserError(f"saved {name} random state is invalid ({type(exc).__name__}: {exc})") from None
     if _lists_for_arrays(bit_generator.state) != state:  # out-of-range numbers that NumPy wrapped round
