@@ -48,7 +48,7 @@ def setup_torch(device: str) -> ModuleType | None:
     return torch
 
 
-def check_device_or_exit(device: str) -> str:
+def usable_device(device: str) -> str:
     """The device's normal name, or a UserError (one line, exit 2, from the scripts' exit_status)
     when it cannot be used (no CuPy, no GPU)."""
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import check_device_or_exit, time_calls  # noqa: E402
+from common import time_calls, usable_device  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt import sampling  # noqa: E402
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.tokens < 1:
         raise UserError("--tokens must be at least 1")
-    args.device = check_device_or_exit(args.device)
+    args.device = usable_device(args.device)
     if args.out_dir:
         model = load_run(checkpoint_path(args.out_dir), args.device)[0]
         if model.new_cache() is None:  # the bigram: one character of context, nothing to cache

@@ -39,9 +39,9 @@ from common import (  # noqa: E402
     TORCH_MISSING,
     alternate,
     blas_threads,
-    check_device_or_exit,
     matmul_peak_flops,
     setup_torch,
+    usable_device,
 )
 
 import nanograd  # noqa: E402
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--warmup must be 0 or more")
     if args.memory and args.sweep:
         raise UserError("--memory measures one configuration: leave out --sweep")
-    args.device = check_device_or_exit(args.device)
+    args.device = usable_device(args.device)
     config = config_for(args)
     if args.torch_counts and (config.model != "bigram" or args.sweep or args.no_torch):
         raise UserError("--torch-counts changes the PyTorch twin of the bigram: use it with --preset bigram, "
