@@ -218,7 +218,9 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     metrics_path = out_dir / "metrics.jsonl"
     if resume_meta is None:
         metrics_path.write_text("")
-    row = {} if resume_meta is None else _keep_metrics_until(metrics_path, state["step"])
+        row = {}
+    else:
+        row = _keep_metrics_until(metrics_path, state["step"])
 
     def save(path: Path) -> None:
         if not all(bool(backend.array_module(p.data).isfinite(p.data).all()) for p in model.parameters()):

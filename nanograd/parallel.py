@@ -226,18 +226,18 @@ def _serve(conn: Any, model: Module, weights_name: str, gradients_name: str,
                 return
             try:  # unpickled here, so that a loss_fn this process cannot import is one error
                 task = pickle.loads(message)
-                if isinstance(task, _Update):
-                    with np.errstate(**task.float_errors):
+                with np.errstate(**task.float_errors):  # warn (or not) of what the caller would
+                    if isinstance(task, _Update):
                         for group, hyper in task.groups:
                             arrays = optim.FlatArrays(*flats[group].arrays, scratch[group])
                             optim.adamw_update(arrays, hyper, task.part, task.parts)
-                    conn.send(("ok",))
-                    continue
-                model.train(task.training)
-                for p, needs in zip(params, task.requires_grad):
-                    p.grad, p.requires_grad = None, needs
-                with contextlib.nullcontext() if task.grad_enabled else no_grad(), np.errstate(**task.float_errors):
-                    loss = _run_task(model, task)
+                        conn.send(("ok",))
+                        continue
+                    model.train(task.training)
+                    for p, needs in zip(params, task.requires_grad):
+                        p.grad, p.requires_grad = None, needs
+                    with contextlib.nullcontext() if task.grad_enabled else no_grad():
+                        loss = _run_task(model, task)
             except MemoryError as exc:  # raised as MemoryError by the caller too: not a bug
                 conn.send(("memory", str(exc)))
                 continue

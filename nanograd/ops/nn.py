@@ -192,7 +192,7 @@ class EmbeddingCrossEntropy(Function):
     (K for the pair counts of a counting bigram, docs/03-bigram.md; C is taken for channels
     here). The same numbers as an embedding followed by cross_entropy (to float rounding),
     with no (N, V) logits and no scatter-add: a batch of the bigram preset (N 256) reads
-    30-48 of the 65 rows of tiny shakespeare's table.
+    28-52 of the 65 rows of tiny shakespeare's table (median 41, over a run's 3000 batches).
     """
 
     def forward(self, weight, idx, targets):
