@@ -173,7 +173,7 @@ def test_one_overall_shift_is_exact_to_its_stated_error_just_inside_exp_safe_ran
     x = np.stack([row, row - 57]).astype(np.float32)
     assert nn_ops._overall_max_if_narrow(x) == 12.0
     expected = np_softmax(row)
-    bound = nn_ops.EXP_SAFE_RANGE * np.finfo(np.float32).eps
+    bound = nn_ops.EXP_SAFE_RANGE * float(np.finfo(np.float32).eps)  # (pytest.approx takes Python floats)
     probs, log_probs = F.softmax(Tensor(x)).data, F.log_softmax(Tensor(x)).data
     assert probs.dtype == log_probs.dtype == np.float32
     np.testing.assert_allclose(probs, [expected, expected], rtol=bound)
