@@ -22,6 +22,11 @@ from .fileio import atomic_write
 
 META_KEY = "__meta__"
 
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that exists but cannot be used as one: truncated, corrupted, or not
+    what gpt.train writes."""
+
 # The bit generators a saved random state may name: never getattr(np.random, <file contents>).
 BIT_GENERATORS = {cls.__name__: cls for cls in (np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937,
                                                 np.random.Philox, np.random.SFC64)}
@@ -63,17 +68,18 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
         raise UserError(f"cannot read checkpoint {path}: {exc.strerror}") from None
     with file:
         if not zipfile.is_zipfile(file):
-            raise UserError(f"checkpoint {path} is corrupted or truncated (not a zip archive, as an .npz is)")
+            raise DamagedCheckpoint(f"checkpoint {path} is corrupted or truncated (not a zip archive, as an .npz is)")
         file.seek(0)
         arrays = _read_arrays(file, path)
     if META_KEY not in arrays:
-        raise UserError(f"checkpoint {path} has no metadata: it was not written by gpt.train")
+        raise DamagedCheckpoint(f"checkpoint {path} has no metadata: it was not written by gpt.train")
     try:
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"checkpoint {path} has corrupted metadata ({exc})") from None
+        raise DamagedCheckpoint(f"checkpoint {path} has corrupted metadata ({exc})") from None
     if not isinstance(meta, dict):
-        raise UserError(f"checkpoint {path} has corrupted metadata (a JSON {type(meta).__name__}, not an object)")
+        raise DamagedCheckpoint(f"checkpoint {path} has corrupted metadata "
+                                f"(a JSON {type(meta).__name__}, not an object)")
     return arrays, meta
 
 
@@ -86,12 +92,12 @@ def _read_arrays(file: BinaryIO, path: Path) -> dict[str, np.ndarray]:
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise UserError(f"checkpoint {path} holds pickled objects, which are never loaded") from None
-        raise UserError(f"checkpoint {path} is corrupted or truncated (ValueError: {exc})") from None
+        raise DamagedCheckpoint(f"checkpoint {path} is corrupted or truncated (ValueError: {exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
-        raise UserError(f"checkpoint {path} is corrupted or truncated ({type(exc).__name__}: {exc})") from None
+        raise DamagedCheckpoint(f"checkpoint {path} is corrupted or truncated ({type(exc).__name__}: {exc})") from None
     broken = [name for name, value in arrays.items() if not isinstance(value, np.ndarray)]
     if broken:  # np.load hands back raw bytes for a member that is not a valid .npy
-        raise UserError(f"checkpoint {path} is corrupted: entry {broken[0]!r} is not an array")
+        raise DamagedCheckpoint(f"checkpoint {path} is corrupted: entry {broken[0]!r} is not an array")
     return arrays
 
 

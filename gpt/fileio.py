@@ -1,12 +1,21 @@
-"""Writing files atomically: a crash or Ctrl-C mid-write never leaves a half-written file."""
+"""Writing files atomically, so a crash or Ctrl-C mid-write never leaves a half-written file, and
+claiming a run's directory, so two runs never write into one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from .errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 def _umask() -> int:
@@ -41,3 +50,35 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+LOCK_NAME = "train.lock"
+
+
+@contextlib.contextmanager
+def claim_directory(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on directory/train.lock while the block runs, so that a second
+    run started in the same directory is refused (a UserError naming the first run's pid)
+    instead of silently replacing its checkpoints and interleaving its log.
+
+    The kernel drops an flock when its process ends, however it ends (a crash, SIGKILL), so a
+    lock file left behind by a dead run never blocks the next one. Without fcntl (Windows)
+    nothing is claimed."""
+    if fcntl is None:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"another run (pid {holder}) is training in {directory}: wait for it to finish, "
+                            "or choose another --out-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # (closing it drops the lock)

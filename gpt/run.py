@@ -21,10 +21,29 @@ from nanograd import backend, nn
 from nanograd.parallel import default_workers
 
 from .bigram import BigramLanguageModel
-from .checkpoint import load_checkpoint, save_checkpoint
+from .bpe import MAX_VOCAB_SIZE, N_BYTES
+from .checkpoint import DamagedCheckpoint, load_checkpoint, save_checkpoint
 from .errors import UserError
 from .model import GPT, GPTConfig
-from .tokenizer import CharTokenizer
+from .prepare import Tokenizer, tokenizer_from_json
+
+TOKENIZER_HELP = "'char' (every character a token) or 'bpe' (byte-pair tokens learned from the train split)"
+VOCAB_SIZE_HELP = "tokens in a BPE vocabulary: 256 bytes and the merges learned (with --tokenizer bpe)"
+
+
+def check_tokenizer_settings(tokenizer: str, vocab_size: int | None, val_fraction: float) -> None:
+    """--tokenizer, --vocab-size and --val-fraction, as gpt.train and gpt.prepare take them."""
+    if tokenizer not in ("char", "bpe"):
+        raise UserError(f"--tokenizer must be 'char' or 'bpe', got {tokenizer!r}")
+    if tokenizer == "char" and vocab_size is not None:
+        raise UserError("--vocab-size is for --tokenizer bpe (the character vocabulary is the text's characters)")
+    if tokenizer == "bpe" and vocab_size is None:
+        raise UserError("--tokenizer bpe needs --vocab-size (256 bytes and the merges to learn, e.g. 512)")
+    if tokenizer == "bpe" and not N_BYTES <= vocab_size <= MAX_VOCAB_SIZE:
+        raise UserError(f"--vocab-size must be between {N_BYTES} (the bytes) and {MAX_VOCAB_SIZE:,} (uint32 ids), "
+                        f"got {vocab_size}")
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
 
 
 @dataclass
@@ -41,6 +60,8 @@ class TrainConfig:
     tie_weights: bool = field(default=True, metadata={"help": "share token embedding and output head"})
     # data
     data: str | None = field(default=None, metadata={"help": "UTF-8 text file (default: tiny shakespeare)"})
+    tokenizer: str = field(default="char", metadata={"help": TOKENIZER_HELP})
+    vocab_size: int | None = field(default=None, metadata={"help": VOCAB_SIZE_HELP})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of the text held out for validation"})
     block_size: int = field(default=64, metadata={"help": "context length T"})
     batch_size: int = field(default=12, metadata={"help": "sequences per step B"})
@@ -97,8 +118,7 @@ class TrainConfig:
                 raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not 0 < self.val_fraction < 1:
-            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        check_tokenizer_settings(self.tokenizer, self.vocab_size, self.val_fraction)
         if self.model == "gpt" and self.n_embd % self.n_head:
             raise UserError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
 
@@ -140,7 +160,7 @@ MIN_ACTIVATIONS_PER_WORKER = 8 * 1024  # see TrainConfig.data_parallel_workers
 MAX_SLICE_IMBALANCE = 4 / 3  # the largest slice may hold a third more than an even share (2 + 1)
 
 # Fields that fix the shape of the model: a checkpoint only loads into the same values.
-MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights")
+MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights", "tokenizer", "vocab_size")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The lecture's bigram.py: batch 32, block 8, 3000 steps of AdamW at 1e-2 (PyTorch's
@@ -293,7 +313,7 @@ def checkpoint_path(out_dir: str | Path, best: bool = False) -> Path:
 
 
 def save_run(path: Path, model: nn.Module, optimizer: Any, config: TrainConfig,
-             tokenizer: CharTokenizer, state: dict[str, Any]) -> None:
+             tokenizer: Tokenizer, state: dict[str, Any]) -> None:
     """Weights, optimizer moments, config, tokenizer and training state in one .npz (no pickle)."""
     arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
     meta = {"format": 1, "config": dataclasses.asdict(config), "tokenizer": tokenizer.to_json(), **state}
@@ -304,8 +324,32 @@ def save_run(path: Path, model: nn.Module, optimizer: Any, config: TrainConfig,
     save_checkpoint(path, arrays, meta)
 
 
-def load_run(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig, CharTokenizer, dict, dict]:
-    """(model with weights loaded, config, tokenizer, meta, arrays) from a checkpoint."""
+def load_run(path: Path, device: str = "cpu", resuming: bool = False
+             ) -> tuple[nn.Module, TrainConfig, Tokenizer, dict, dict]:
+    """(model with weights loaded, config, tokenizer, meta, arrays) from a checkpoint. A damaged
+    one's error says what can be done instead: use the run's other checkpoint where that one is
+    intact, or (resuming) start over."""
+    try:
+        return _load_run(path, device)
+    except DamagedCheckpoint as exc:
+        raise DamagedCheckpoint(f"{exc}; {_way_forward(Path(path), resuming)}") from None
+
+
+def _way_forward(damaged: Path, resuming: bool) -> str:
+    """What to do about a damaged checkpoint in a run directory (see load_run)."""
+    best = damaged.name == checkpoint_path(damaged.parent, best=True).name
+    other = checkpoint_path(damaged.parent, best=not best)
+    try:
+        step = load_checkpoint(other)[1].get("step")
+    except UserError:  # missing or damaged too
+        return "start the run over with --overwrite" if resuming else "its run has no other usable checkpoint"
+    intact = f"{other} (step {step}) is intact"
+    if resuming:
+        return f"{intact}: copy it over {damaged} to resume from there, or start over with --overwrite"
+    return f"{intact}: sample from it {'without' if best else 'with'} --best"
+
+
+def _load_run(path: Path, device: str) -> tuple[nn.Module, TrainConfig, Tokenizer, dict, dict]:
     arrays, meta = load_checkpoint(path)
     try:
         names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -313,18 +357,18 @@ def load_run(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig, C
         saved.setdefault("workers", saved.get("threads"))  # runs saved before threads became processes
         config = TrainConfig(**{k: v for k, v in saved.items() if k in names})
         config.validate()
-        tokenizer = CharTokenizer.from_json(meta["tokenizer"])
+        tokenizer = tokenizer_from_json(meta["tokenizer"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} has no usable config or tokenizer ({exc})") from None
+        raise DamagedCheckpoint(f"checkpoint {path} has no usable config or tokenizer ({exc})") from None
     check_memory(memory_lower_bound(config, tokenizer.vocab_size, training=False), f"the model in {path}")
     model = build_model(config, tokenizer.vocab_size)
     weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights)
     except (KeyError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} does not match its model configuration: {exc}") from None
+        raise DamagedCheckpoint(f"checkpoint {path} does not match its model configuration: {exc}") from None
     if not all(np.isfinite(w).all() for w in weights.values()):  # gpt.train never saves such weights
-        raise UserError(f"checkpoint {path} holds weights that are not finite (NaN or inf): it cannot be used")
+        raise DamagedCheckpoint(f"checkpoint {path} holds weights that are not finite (NaN or inf): it cannot be used")
     model.to(device)
     return model, config, tokenizer, meta, arrays
 

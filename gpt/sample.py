@@ -6,8 +6,10 @@ The prompt is printed first, then each new character as soon as it is drawn.
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
-from typing import TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -25,8 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best", action="store_true", help="use best.npz (lowest val loss), not ckpt.npz")
     p.add_argument("--prompt", default=None,
                    help="text to continue (default: a newline, or the vocabulary's first character if it has none)")
-    p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="<1 sharper, >1 more random")
+    p.add_argument("--max-new-tokens", type=int, default=500,
+                   help="tokens to generate (characters with --tokenizer char)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="<1 sharper, >1 more random, 0 always the likeliest token (greedy)")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest characters")
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability p")
     p.add_argument("--stop", default=None, help="end a sample when this text appears")
@@ -44,8 +48,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be positive, got {args.temperature}")
+    if not args.temperature >= 0:
+        raise UserError(f"--temperature must be 0 or more (0: always the likeliest), got {args.temperature}")
     if args.top_k is not None and args.top_k <= 0:
         raise UserError(f"--top-k must be positive, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -62,7 +66,7 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
     model, config, tokenizer, _, _ = load_run(checkpoint_path(args.out_dir, best=args.best), device)
     model.eval()
     if args.prompt is None:
-        args.prompt = sampling.default_prompt(tokenizer.chars)
+        args.prompt = sampling.default_prompt(tokenizer)
     prompt = tokenizer.encode(args.prompt)
     if len(prompt) == 0:
         raise UserError("--prompt must not be empty")
@@ -71,18 +75,35 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
               f"{config.block_size} (its block size)", file=sys.stderr)
     rng = np.random.default_rng(args.seed)
     for i in range(args.num_samples):
-        text = args.prompt
-        out.write(text)
-        idx = np.asarray(prompt, dtype=np.int64)[None, :]  # (1, t)
-        for token in sampling.stream(model, idx, args.max_new_tokens, args.temperature, args.top_k,
-                                     args.top_p, rng=rng, use_cache=not args.no_cache):
-            piece = tokenizer.decode(token)
-            text += piece
+        out.write(args.prompt)
+        tokens = sampling.stream(model, np.asarray(prompt, dtype=np.int64)[None, :], args.max_new_tokens,
+                                 args.temperature, args.top_k, args.top_p, rng=rng, use_cache=not args.no_cache)
+        for piece in _text_pieces(tokenizer, tokens, args.stop, args.prompt):
             out.write(piece)
             out.flush()  # stream: show each character as soon as it is drawn
-            if args.stop and text.endswith(args.stop):
-                break
         out.write("\n" if i == args.num_samples - 1 else "\n---------------\n")
+
+
+def _text_pieces(tokenizer: Any, tokens: Iterator[np.ndarray], stop: str | None, prompt: str) -> Iterator[str]:
+    """The text of the tokens (1,) as they come after the prompt, ending just after the first
+    `stop` that they complete.
+
+    A BPE token may end inside a character's UTF-8 bytes: those bytes wait for the rest of
+    the character, and bytes that never form one come out as U+FFFD. A token may also hold
+    several characters, so `stop` is looked for across the tokens, not at their ends."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    keep = len(stop) - 1 if stop else 0  # the end of the text so far that a stop can span
+    recent = prompt[max(0, len(prompt) - keep):]
+    for token in tokens:
+        piece = decoder.decode(tokenizer.token_bytes(int(token[0])))
+        if stop:
+            found = (recent + piece).find(stop)
+            if found >= 0:
+                yield piece[: found + len(stop) - len(recent)]
+                return
+            recent = (recent + piece)[max(0, len(recent) + len(piece) - keep):]
+        yield piece
+    yield decoder.decode(b"", final=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,17 +30,23 @@ def probabilities(
 ) -> np.ndarray:
     """The distribution to sample from: softmax(logits / temperature), cut by top-k and top-p.
 
-    logits (B, V) -> probabilities (B, V), rows summing to 1.
+    logits (B, V) -> probabilities (B, V), rows summing to 1. Temperature 0 is the limit of
+    ever smaller temperatures: all the probability on the likeliest token (the first of equal
+    ones), so sampling becomes greedy decoding, the same text for every seed.
     """
-    if not temperature > 0:  # (nan too)
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not temperature >= 0:  # (nan too)
+        raise ValueError(f"temperature must be 0 or more, got {temperature}")
     if top_k is not None and top_k <= 0:
         raise ValueError(f"top_k must be positive, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.astype(np.float64)  # (B, V)
+    if temperature == 0:
+        greedy = np.zeros_like(logits)
+        np.put_along_axis(greedy, logits.argmax(axis=-1)[:, None], 1.0, axis=-1)
+        return greedy
     # shift before dividing: the max becomes 0 and the rest <= 0, so even a tiny temperature
     # gives 0 or -inf (never inf - inf = nan)
-    logits = logits.astype(np.float64)  # (B, V)
     with np.errstate(over="ignore"):  # a tiny temperature sends the rest to -inf, as intended
         logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature  # (B, V)
     if top_k is not None:
@@ -61,10 +67,11 @@ def probabilities(
     return probs
 
 
-def default_prompt(vocabulary: list[str]) -> str:
+def default_prompt(tokenizer: Any) -> str:
     """What generation starts from when given nothing: a newline, as a line of the play
-    begins; a corpus without one starts from its first character."""
-    return "\n" if "\n" in vocabulary else vocabulary[0]
+    begins; a character vocabulary without one starts from its first character."""
+    chars = getattr(tokenizer, "chars", None)  # (a byte-level BPE encodes every text)
+    return "\n" if chars is None or "\n" in chars else chars[0]
 
 
 def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

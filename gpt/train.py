@@ -25,9 +25,10 @@ from nanograd.parallel import DataParallel, SharedMemoryTooSmall
 
 from . import sampling
 from .checkpoint import rng_from_json
-from .data import CharDataset, load_text
+from .data import TokenDataset
 from .errors import Interrupted, UserError, exit_status
-from .fileio import atomic_write
+from .fileio import atomic_write, claim_directory
+from .prepare import Tokenizer, prepare
 from .run import (
     TrainConfig,
     build_model,
@@ -42,7 +43,6 @@ from .run import (
     save_run,
     write_json,
 )
-from .tokenizer import CharTokenizer
 
 
 class _StopRequest:
@@ -71,22 +71,27 @@ def model_loss(model: Any, x: Any, y: Any) -> Any:
 
 
 @no_grad()
-def estimate_loss(parallel: DataParallel, batches: list[tuple[np.ndarray, np.ndarray]], device: str) -> float:
+def estimate_loss(parallel: DataParallel, batches: list[tuple[np.ndarray, np.ndarray]], device: str,
+                  after_group: Callable[[int], None] = lambda done: None) -> float:
     """Mean loss over fixed batches of equal size, in eval mode (no dropout) and with no graph.
 
     With several workers, each gets two batches per call: a forward pass alone is light, and
-    the fixed cost of a call is then paid once for two batches (baby model, 2 processes: 9.5
-    and 10.1 ms per batch this way, 9.7 and 11.1 ms one batch at a time, in two runs). The mean of equal-size
+    the fixed cost of a call is then paid once for two batches. The mean of equal-size
     batches' means is the mean over all their sequences, so grouping changes nothing else.
+    after_group(batches done) runs after each call: it shows progress, and may raise to stop
+    (Ctrl-C), which leaves the model in train mode as it found it.
     """
     parallel.model.eval()
     group = 2 * parallel.workers if parallel.workers > 1 else 1
     losses = []
-    for start in range(0, len(batches), group):
-        xs, ys = zip(*batches[start : start + group])
-        x, y = (backend.to_device(np.concatenate(a), device) for a in (xs, ys))  # (group B, T) each
-        losses += [parallel.loss(model_loss, x, y)] * len(xs)  # one mean, standing for len(xs) batches
-    parallel.model.train()
+    try:
+        for start in range(0, len(batches), group):
+            xs, ys = zip(*batches[start : start + group])
+            x, y = (backend.to_device(np.concatenate(a), device) for a in (xs, ys))  # (group B, T) each
+            losses += [parallel.loss(model_loss, x, y)] * len(xs)  # one mean, standing for len(xs) batches
+            after_group(len(losses))
+    finally:
+        parallel.model.train()
     return float(np.mean(losses))
 
 
@@ -155,31 +160,39 @@ def plot_losses(metrics_path: Path, out_path: Path) -> str:
 
 
 def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = None,
-          tokenizer: CharTokenizer | None = None, arrays: dict | None = None) -> dict[str, Any]:
+          tokenizer: Tokenizer | None = None, arrays: dict | None = None) -> dict[str, Any]:
     """Run (or continue) training; returns the last metrics row. Ctrl-C saves a checkpoint at
-    the end of the step and raises errors.Interrupted; a loss that stops being finite raises a
-    UserError before anything is saved."""
+    the end of the step (or at once during an evaluation) and raises errors.Interrupted; a loss
+    that stops being finite raises a UserError before anything is saved. Everything that can
+    be refused is checked before out_dir is created, and out_dir is claimed for the run while
+    it trains (gpt.fileio.claim_directory)."""
     device = check_device(config.device)
     out_dir = Path(config.out_dir)
-    earlier = [path for path in (checkpoint_path(out_dir), checkpoint_path(out_dir, best=True)) if path.exists()]
-    if resume_meta is None and earlier and not config.overwrite:
-        raise UserError(f"{out_dir} holds an earlier run ({earlier[0]}): continue it with --resume, "
-                        "start over with --overwrite (its checkpoints are replaced), or choose another --out-dir")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out-dir {out_dir} is a file, not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
     log = print if config.quiet else _tqdm_write
-
-    text = load_text(config.data)
-    dataset = CharDataset(text, tokenizer=tokenizer, val_fraction=config.val_fraction)
+    corpus = prepare(config.data, config.tokenizer, config.vocab_size, config.val_fraction, saved_tokenizer=tokenizer,
+                     log=log, show_progress=not config.quiet)
+    dataset = corpus.dataset()
     if resume_meta is None:
         dataset.check_block_size(config.block_size)
     else:
         dataset.check_block_size(config.block_size, "use a longer text (a resumed run keeps its block size)")
-    tokenizer = dataset.tokenizer
-
     if device == "cpu":  # (a GPU's memory is its own: CuPy raises a MemoryError there)
-        check_memory(memory_lower_bound(config, tokenizer.vocab_size, training=True), "training this model")
+        check_memory(memory_lower_bound(config, dataset.vocab_size, training=True), "training this model")
+    with claim_directory(out_dir):
+        earlier = [path for path in (checkpoint_path(out_dir), checkpoint_path(out_dir, best=True)) if path.exists()]
+        if resume_meta is None and earlier and not config.overwrite:
+            raise UserError(f"{out_dir} holds an earlier run ({earlier[0]}): continue it with --resume, start "
+                            "over with --overwrite (its checkpoints are replaced), or choose another --out-dir")
+        return _fit(config, device, dataset, resume_meta, model, arrays, log)
+
+
+def _fit(config: TrainConfig, device: str, dataset: TokenDataset, resume_meta: dict | None, model: Any,
+         arrays: dict | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """The training run itself, in a claimed out_dir (see train)."""
+    out_dir = Path(config.out_dir)
+    tokenizer = dataset.tokenizer
     nanograd.manual_seed(config.seed)
     if model is None:
         model = build_model(config, tokenizer.vocab_size)
@@ -198,6 +211,11 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     eval_batches = {split: dataset.fixed_batches(split, config.eval_iters, config.batch_size,
                                                  config.block_size, seed=config.seed + 1)
                     for split in ("train", "val")}
+    # a BPE token stands for several characters: a split's mean loss per token over its mean
+    # characters per predicted token is its loss per character, comparable across tokenizers
+    chars_per_token = tokenizer.chars_per_token  # (V,)
+    chars_per_target = {split: float(np.mean([chars_per_token[y].mean() for _, y in batches]))
+                        for split, batches in eval_batches.items()}
     state = {"step": 0, "best_val_loss": math.inf, "clipped_steps": 0, "elapsed_s": 0.0}
     if resume_meta is not None:
         try:
@@ -242,17 +260,38 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     # the loop checks the loss and the weights for non-finite values itself: NumPy's overflow
     # warnings along the way would only bury that one-line error
     with _StopRequest() as stop, parallel, np.errstate(all="ignore"):  # leaving it stops the workers
+        def stop_if_requested(step: int) -> None:
+            """Ctrl-C: save the model as it stands after `step` updates, and stop."""
+            if stop.requested:
+                save(checkpoint_path(out_dir))
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(f"interrupted: saved step {step} to {checkpoint_path(out_dir)} "
+                                  f"(continue with --resume --out-dir {out_dir})")
+
+        def evaluate(split: str, step: int) -> float:
+            """The split's loss estimate; the bar says so while it runs, and Ctrl-C stops it at once."""
+            shown_at = -math.inf
+
+            def after_group(done: int) -> None:
+                nonlocal shown_at
+                stop_if_requested(step)
+                if bar is not None and time.perf_counter() - shown_at > bar.mininterval:
+                    bar.set_postfix_str(f"evaluating {split} loss: batch {done}/{config.eval_iters}")
+                    shown_at = time.perf_counter()
+            return estimate_loss(parallel, eval_batches[split], device, after_group)
+
         while True:
             step = state["step"]
             state["elapsed_s"] = time.perf_counter() - t_start
             if step != evaluated_step and (step % config.eval_interval == 0 or step == config.max_iters):
-                row = {"step": step,
-                       "train_loss": estimate_loss(parallel, eval_batches["train"], device),
-                       "val_loss": estimate_loss(parallel, eval_batches["val"], device),
-                       "lr": lr_at(config, step), "grad_norm": None if math.isnan(grad_norm) else grad_norm,
-                       "clipped_steps": state["clipped_steps"], "elapsed_s": round(state["elapsed_s"], 3),
-                       "tokens_per_s": round(train_steps * tokens_per_step / train_seconds, 1)
-                       if train_steps else None}
+                row = {"step": step, "train_loss": evaluate("train", step), "val_loss": evaluate("val", step)}
+                row.update({f"{split}_bpc": row[f"{split}_loss"] / chars_per_target[split] / math.log(2)
+                            for split in ("train", "val")})
+                row.update({"lr": lr_at(config, step), "grad_norm": None if math.isnan(grad_norm) else grad_norm,
+                            "clipped_steps": state["clipped_steps"], "elapsed_s": round(state["elapsed_s"], 3),
+                            "tokens_per_s": round(train_steps * tokens_per_step / train_seconds, 1)
+                            if train_steps else None})
                 for key in ("train_loss", "val_loss"):  # never save a diverged model over a good one
                     if not math.isfinite(row[key]):
                         raise _diverged(f"the {key.replace('_', ' ')} became {row[key]} by step {step}", out_dir)
@@ -260,19 +299,15 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
                     f.write(json.dumps(row) + "\n")
                 health = "" if math.isnan(grad_norm) else \
                     f", grad norm {grad_norm:.3f}, clipped steps {state['clipped_steps']}"
-                log(f"step {step}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}{health}")
+                log(f"step {step}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}{health}, "
+                    f"val {row['val_bpc']:.3f} bits per character")
                 if row["val_loss"] < state["best_val_loss"]:
                     state["best_val_loss"] = row["val_loss"]
                     save(checkpoint_path(out_dir, best=True))
                 save(checkpoint_path(out_dir))
             if step >= config.max_iters:
                 break
-            if stop.requested:
-                save(checkpoint_path(out_dir))
-                if bar is not None:
-                    bar.close()
-                raise Interrupted(f"interrupted: saved step {step} to {checkpoint_path(out_dir)} "
-                                  f"(continue with --resume --out-dir {out_dir})")
+            stop_if_requested(step)
 
             t0 = time.perf_counter()
             optimizer.lr = lr_at(config, step)
@@ -294,7 +329,7 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
     log(f"done: {state['step']} steps in {state['elapsed_s']:.1f}s, val loss {row.get('val_loss', float('nan')):.4f}; "
         f"checkpoint {checkpoint_path(out_dir)}")
     if config.sample_tokens:
-        prompt = tokenizer.encode(sampling.default_prompt(tokenizer.chars))
+        prompt = tokenizer.encode(sampling.default_prompt(tokenizer))
         ids = sampling.generate(model, np.asarray(prompt, dtype=np.int64)[None, :], config.sample_tokens,
                                 rng=np.random.default_rng(config.seed))
         print(tokenizer.decode(ids[0]))
@@ -354,7 +389,7 @@ def run(args) -> None:
     if args.resume:
         args.out_dir = args.out_dir or "out"  # the run is read from there: it goes on there too
         path = checkpoint_path(args.out_dir)
-        model, saved, tokenizer, meta, arrays = load_run(path)  # on the CPU: train() moves it
+        model, saved, tokenizer, meta, arrays = load_run(path, resuming=True)  # on the CPU: train() moves it
         if args.device is None and saved.device != "cpu":
             try:
                 check_device(saved.device)

@@ -119,6 +119,22 @@ def test_generate_refuses_a_negative_count():
         tiny_gpt().generate(np.array([[1]]), -4)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_at_temperature_zero_takes_the_argmax_each_step(use_cache):
+    """Greedy decoding: each new token is the argmax of the full model's logits for the text so
+    far (within one block, where the cache changes nothing), whatever the seed."""
+    model = tiny_gpt(block_size=12)
+    model.eval()
+    prompt = random_ids((2, 3), seed=4)
+    out = model.generate(prompt, 9, temperature=0.0, rng=np.random.default_rng(0), use_cache=use_cache)
+    again = model.generate(prompt, 9, temperature=0.0, rng=np.random.default_rng(99), use_cache=use_cache)
+    np.testing.assert_array_equal(out, again)
+    with no_grad():
+        for t in range(3, 12):
+            logits = model(out[:, :t])[0].numpy()[:, -1, :]  # (B, V) after the first t tokens
+            np.testing.assert_array_equal(out[:, t], logits.argmax(axis=-1))
+
+
 def test_the_bigram_generates_with_the_same_options_as_gpt():
     from gpt.bigram import BigramLanguageModel
 

@@ -49,8 +49,16 @@ def test_draws_follow_the_probabilities():
     np.testing.assert_allclose(counts, [0.1, 0.6, 0.3], atol=0.015)
 
 
-@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
-def test_a_temperature_that_is_not_positive_is_refused(temperature):
+def test_temperature_zero_is_greedy_the_first_of_equal_maxima():
+    logits = np.array([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 3.0, 0.0], [-np.inf, -5.0, -np.inf, -7.0]])
+    probs = probabilities(logits, 0.0, top_k=2, top_p=0.5)  # (the cuts keep the likeliest anyway)
+    np.testing.assert_array_equal(probs, [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]])
+    np.testing.assert_array_equal(sample(np.repeat(probs, 50, axis=0), np.random.default_rng(0)),
+                                  np.repeat([0, 1, 1], 50))
+
+
+@pytest.mark.parametrize("temperature", [-1.0, -1e-300, float("nan")])
+def test_a_negative_temperature_is_refused(temperature):
     with pytest.raises(ValueError, match="temperature"):
         probabilities(LOGITS, temperature)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -109,6 +110,8 @@ def test_sampler_is_seeded_and_stops(text_file, tmp_path, capsys):
     assert sample_text("--seed", "4", "--prompt", "the ") != a
     stopped = sample_text("--prompt", "to", "--stop", "e", "--max-new-tokens", "500")
     assert stopped.rstrip("\n").endswith("e") and stopped.count("e") == 1
+    greedy = sample_text("--temperature", "0", "--seed", "1", "--prompt", "the ")
+    assert greedy == sample_text("--temperature", "0", "--seed", "2", "--prompt", "the ")  # no draw
     two = sample_text("--num-samples", "2", "--top-k", "3", "--top-p", "0.9", "--temperature", "0.8")
     assert two.count("---------------") == 1
     # within one block (16) the KV cache changes nothing; beyond it, the window slides differently
@@ -615,3 +618,86 @@ def test_ctrl_c_saves_and_resume_continues(text_file, tmp_path):
     _, meta_after = load_checkpoint(out / "ckpt.npz")
     assert meta_after["step"] == k + 2
     assert [r["step"] for r in read_metrics(out)] == [0, k, k + 2]
+
+
+def _start_training(out: Path, text_file: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "gpt.train", "--data", str(text_file), "--out-dir", str(out), *TINY, *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_two_runs_started_at_once_in_one_new_out_dir_one_is_refused_and_the_other_is_whole(text_file, tmp_path):
+    out = tmp_path / "run"
+    runs = [_start_training(out, text_file, "--max-iters", "1000", "--eval-interval", "250") for _ in range(2)]
+    ended = [(proc.pid, proc.wait(timeout=300), proc.stderr.read()) for proc in runs]
+    (winner, _, _), (_, _, refusal) = sorted(ended, key=lambda e: e[1])  # exit 0 first, then 2
+    assert sorted(code for _, code, _ in ended) == [0, 2], ended
+    assert refusal.strip() == f"error: another run (pid {winner}) is training in {out}: wait for it to finish, " \
+                              "or choose another --out-dir"
+    assert [r["step"] for r in read_metrics(out)] == [0, 250, 500, 750, 1000]  # one run's rows, each once
+    _, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["step"] == 1000
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "1001") == 0  # and the lock is free again
+
+
+def test_a_run_in_progress_holds_its_out_dir_and_a_dead_ones_lock_file_does_not(text_file, tmp_path, capsys):
+    from gpt.fileio import LOCK_NAME, claim_directory
+
+    out = tmp_path / "run"
+    with claim_directory(out):  # as a running trainer holds it
+        assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 2
+        assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", "--overwrite", *TINY) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(f"another run (pid {os.getpid()})" in line for line in errors)
+    (out / LOCK_NAME).write_text("999999999\n")  # left by a run that was killed: no process holds it
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+
+
+def test_a_refused_run_leaves_no_out_dir_behind(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert run_train("--data", tmp_path / "missing.txt", "--out-dir", out, *TINY) == 2
+    assert run_train("--data", tmp_path, "--out-dir", out, *TINY) == 2
+    assert not out.exists()
+
+
+def test_a_damaged_checkpoint_names_the_intact_one_beside_it(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "6", "--eval-interval", "3", *TINY) == 0
+    best_step = load_checkpoint(out / "best.npz")[1]["step"]
+    capsys.readouterr()
+    ckpt, best = out / "ckpt.npz", out / "best.npz"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    assert sample.main(["--out-dir", str(out)]) == 2
+    assert f"{best} (step {best_step}) is intact: sample from it with --best" in capsys.readouterr().err
+    assert sample.main(["--out-dir", str(out), "--best", "--max-new-tokens", "5"]) == 0
+    assert run_train("--out-dir", out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"copy it over {ckpt} to resume from there, or start over with --overwrite" in err
+    ckpt.write_bytes(best.read_bytes())  # as the error says
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "8") == 0
+    best.write_bytes(b"damaged too")
+    ckpt.write_bytes(b"damaged")
+    assert run_train("--out-dir", out, "--resume") == 2
+    assert capsys.readouterr().err.strip().endswith("start the run over with --overwrite")
+    assert sample.main(["--out-dir", str(out), "--best"]) == 2
+    assert capsys.readouterr().err.strip().endswith("its run has no other usable checkpoint")
+
+
+def test_ctrl_c_during_an_evaluation_stops_it_at_once_and_saves(text_file, tmp_path):
+    out = tmp_path / "run"
+    args = ["--max-iters", "10", "--eval-interval", "5", "--eval-iters", "20000"]  # an evaluation of 10 s or more
+    proc = _start_training(out, text_file, *args, "--no-quiet")
+    shown, deadline = b"", time.time() + 60
+    while b"evaluating train loss: batch" not in shown:  # (the bar rewrites one line: no readline)
+        assert time.time() < deadline and proc.poll() is None, f"no evaluation shown: {shown[-300:]}"
+        if select.select([proc.stderr], [], [], 1)[0]:
+            shown += os.read(proc.stderr.fileno(), 4096)
+    proc.send_signal(signal.SIGINT)
+    sent = time.perf_counter()
+    _, stderr = proc.communicate(timeout=60)
+    assert time.perf_counter() - sent < 5  # (under a second where nothing else competes for the CPU)
+    assert proc.returncode == 130 and "interrupted: saved step 0" in stderr and "Traceback" not in stderr
+    assert load_checkpoint(out / "ckpt.npz")[1]["step"] == 0
+    assert read_metrics(out) == []  # the evaluation was cut short: resuming does it again
+    assert run_train("--out-dir", out, "--resume", "--eval-iters", "2") == 0
+    assert [r["step"] for r in read_metrics(out)] == [0, 5, 10]
