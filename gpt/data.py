@@ -10,6 +10,7 @@ import http.client
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,17 +70,12 @@ def load_text(path: str | Path | None = None) -> str:
     return text
 
 
-class CharDataset:
-    """A text as token ids, split into train (the first 1 - val_fraction) and val (the rest)."""
+class TokenDataset:
+    """A corpus as token ids, in a train and a val split (arrays, or np.memmap of files that
+    gpt.prepare wrote), and the tokenizer that made them."""
 
-    def __init__(self, text: str, tokenizer: CharTokenizer | None = None, val_fraction: float = 0.1):
-        if not 0 <= val_fraction < 1:
-            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer.from_text(text)
-        self.val_fraction = val_fraction
-        ids = self.tokenizer.encode(text)  # smallest unsigned dtype: 1 byte per character here
-        n_train = int(len(ids) * (1 - val_fraction))
-        self.train, self.val = ids[:n_train], ids[n_train:]
+    def __init__(self, tokenizer: Any, train: np.ndarray, val: np.ndarray):
+        self.tokenizer, self.train, self.val = tokenizer, train, val
 
     @property
     def vocab_size(self) -> int:
@@ -94,7 +90,7 @@ class CharDataset:
     def check_block_size(self, block_size: int, remedy: str = "use a longer text or a smaller --block-size") -> None:
         """Every split that is used must hold at least one chunk of block_size + 1 tokens:
         checked once up front, so a bad --block-size fails before training starts."""
-        for name in ("train", "val") if self.val_fraction > 0 else ("train",):
+        for name in ("train", "val") if len(self.val) else ("train",):
             self._check_chunk_fits(name, block_size, remedy)
 
     def _check_chunk_fits(self, split: str, block_size: int, remedy: str) -> None:
@@ -129,3 +125,17 @@ class CharDataset:
             raise UserError(f"the number of evaluation batches must be positive, got {n}")
         rng = np.random.default_rng(seed)
         return [self.get_batch(split, batch_size, block_size, rng) for _ in range(n)]
+
+
+class CharDataset(TokenDataset):
+    """A text in memory as character ids, split into train (the first 1 - val_fraction of the
+    characters) and val (the rest): the lecture's dataset. gpt.prepare builds the same ids
+    on disk, for corpora of any size and for the BPE tokenizer."""
+
+    def __init__(self, text: str, tokenizer: CharTokenizer | None = None, val_fraction: float = 0.1):
+        if not 0 <= val_fraction < 1:
+            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        tokenizer = tokenizer if tokenizer is not None else CharTokenizer.from_text(text)
+        ids = tokenizer.encode(text)  # smallest unsigned dtype: 1 byte per character here
+        n_train = int(len(ids) * (1 - val_fraction))
+        super().__init__(tokenizer, ids[:n_train], ids[n_train:])

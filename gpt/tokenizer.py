@@ -51,6 +51,15 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    @property
+    def chars_per_token(self) -> np.ndarray:
+        """(V,) the characters each token stands for: one each."""
+        return np.ones(self.vocab_size, dtype=np.int64)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The UTF-8 bytes of token i's character (as gpt.bpe's tokens are bytes)."""
+        return self.chars[i].encode("utf-8", errors="surrogatepass")
+
     def encode(self, text: str) -> np.ndarray:
         """ids (len(text),) of dtype self.dtype. Vectorised: text as an array of code points,
         looked up in the sorted vocabulary with one binary search per character."""

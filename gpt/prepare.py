@@ -1,0 +1,315 @@
+"""A corpus as token ids on disk:  python -m gpt.prepare [--data PATH] [--tokenizer bpe --vocab-size N]
+
+The text is read in pieces, never whole, so a corpus of gigabytes takes bounded memory. The
+first 1 - val_fraction of its characters are the train split, the rest the val split. The
+tokenizer is the character vocabulary of the whole text (the lecture's), or a BPE learned
+from the train split alone, so that the text the model is judged on never shapes the
+vocabulary. Each split's ids go to a .bin file (nanoGPT's prepare step does the same) in the
+smallest unsigned dtype that holds the vocabulary, read back through np.memmap: the trainer
+holds in memory only the batches it draws.
+
+Everything is cached beside the corpus, keyed by the corpus's sha256, so a second run neither
+retrains the tokenizer nor encodes again:
+
+    <corpus dir>/tokenized/<sha256 of the corpus, 16 hex digits>/
+        char.tokenizer.json, bpe-512.tokenizer.json, ...     the tokenizer for those settings
+        ids-<sha256 of the tokenizer's JSON, 16>-val0.1/     train.bin, val.bin, meta.json
+
+meta.json is written last and names every size, so a cache cut short by a crash, or a .bin
+file that is not the size it says, is built again rather than read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import hashlib
+import json
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bpe import ENCODING_ERRORS, N_BYTES, BPETokenizer, split_chunks, train_merges
+from .data import DEFAULT_CORPUS, TokenDataset, download_shakespeare
+from .errors import UserError, exit_status
+from .fileio import atomic_write
+from .tokenizer import CharTokenizer
+
+Tokenizer = CharTokenizer | BPETokenizer
+READ_BYTES = 1 << 24  # 16 MiB of the file at a time
+CARRY_CHARS = 4  # see chunk_stream
+FORMAT = 1
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    """A character or BPE tokenizer from its to_json() description."""
+    try:
+        kind = json.loads(text).get("type")
+    except (json.JSONDecodeError, AttributeError):
+        kind = None
+    return BPETokenizer.from_json(text) if kind == "bpe" else CharTokenizer.from_json(text)
+
+
+def corpus_path(data: str | Path | None) -> Path:
+    """The text file to train on: --data, or tiny shakespeare (downloaded on first use)."""
+    if data is None:
+        if not DEFAULT_CORPUS.exists():
+            download_shakespeare(DEFAULT_CORPUS)
+        return DEFAULT_CORPUS
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"data file {path} not found")
+    if path.is_dir():
+        raise UserError(f"data path {path} is a directory, not a text file")
+    return path
+
+
+def read_pieces(path: Path, start: int = 0, stop: int | None = None,
+                progress: Callable[[int], None] = lambda n: None) -> Iterator[str]:
+    """The characters [start, stop) of a UTF-8 file, as pieces of a few million characters.
+
+    progress(bytes) is called as the file is read. Invalid UTF-8 is a one-line UserError naming
+    the byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    position, offset = 0, 0  # characters decoded so far, bytes read so far
+    try:
+        with open(path, "rb") as f:
+            while stop is None or position < stop:
+                raw = f.read(READ_BYTES)
+                try:
+                    piece = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as exc:
+                    raise UserError(f"data file {path} is not UTF-8 text (invalid byte at offset "
+                                    f"{offset + exc.start})") from None
+                offset += len(raw)
+                progress(len(raw))
+                lo, hi = max(start - position, 0), len(piece) if stop is None else min(stop - position, len(piece))
+                position += len(piece)
+                if lo < hi:
+                    yield piece[lo:hi]
+                if not raw:
+                    return
+    except OSError as exc:
+        raise UserError(f"cannot read data file {path}: {exc.strerror}") from None
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file, read in pieces."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(READ_BYTES):
+                digest.update(block)
+    except OSError as exc:
+        raise UserError(f"cannot read data file {path}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def chunk_stream(pieces: Iterator[str]) -> Iterator[list[str]]:
+    """The BPE chunks (gpt.bpe.split_chunks) of the concatenated pieces, a list per piece,
+    exactly as the whole text splits.
+
+    A piece may end inside a chunk, or just before characters that would change how its last
+    chunks split (a contraction such as 'll needs 3 characters, a run of spaces looks one past
+    its end). So the chunks within CARRY_CHARS of a piece's end wait for the next piece, and
+    every chunk given out ends where the whole text's chunk ends."""
+    carry = ""
+    for piece in pieces:
+        chunks = split_chunks(carry + piece)
+        kept, waiting = len(chunks), 0
+        while kept > 0 and waiting < CARRY_CHARS:
+            kept -= 1
+            waiting += len(chunks[kept])
+        carry = "".join(chunks[kept:])
+        yield chunks[:kept]
+    yield split_chunks(carry)
+
+
+def encode_pieces(tokenizer: Tokenizer, pieces: Iterator[str]) -> Iterator[np.ndarray]:
+    """The ids of the concatenated pieces, in parts: exactly tokenizer.encode of the whole text."""
+    if isinstance(tokenizer, CharTokenizer):
+        return map(tokenizer.encode, pieces)
+    return map(tokenizer.encode_chunks, chunk_stream(pieces))
+
+
+@dataclass
+class PreparedCorpus:
+    """A corpus split, tokenized and on disk: the ids of each split, read through np.memmap."""
+
+    tokenizer: Tokenizer
+    train: np.ndarray
+    val: np.ndarray
+    train_chars: int
+    val_chars: int
+    source: Path
+
+    def dataset(self) -> TokenDataset:
+        return TokenDataset(self.tokenizer, self.train, self.val)
+
+
+class Preparer:
+    """Splits, tokenizes and caches one corpus (see the module docstring)."""
+
+    def __init__(self, path: Path, val_fraction: float, log: Callable[[str], None] = print,
+                 show_progress: bool = True):
+        self.path, self.val_fraction, self.log, self.show_progress = path, val_fraction, log, show_progress
+        self.digest = file_digest(path)
+        self.root = self._cache_root()
+        self._n_chars: int | None = None
+
+    def _cache_root(self) -> Path:
+        """<corpus dir>/tokenized/<digest>/; a temporary directory where that cannot be written
+        (a read-only corpus), removed when the process ends."""
+        root = self.path.parent / "tokenized" / self.digest[:16]
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=root):
+                pass
+            return root
+        except OSError:
+            self._scratch = tempfile.TemporaryDirectory(prefix="gpt-tokenized-")
+            self.log(f"note: {root.parent} cannot be written; the tokenized corpus is kept in "
+                     f"{self._scratch.name} for this run only")
+            return Path(self._scratch.name)
+
+    def _pieces(self, start: int = 0, stop: int | None = None, what: str = "") -> Iterator[str]:
+        bar = None
+        if self.show_progress and what:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True, desc=what,
+                       file=sys.stderr, leave=False)
+        try:
+            yield from read_pieces(self.path, start, stop, bar.update if bar is not None else lambda n: None)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @property
+    def n_chars(self) -> int:
+        if self._n_chars is None:
+            self._n_chars = sum(map(len, self._pieces(what="counting characters")))
+            if self._n_chars == 0:
+                raise UserError(f"data file {self.path} is empty")
+        return self._n_chars
+
+    def n_train(self) -> int:
+        """Characters in the train split (the val split is the rest)."""
+        return int(self.n_chars * (1 - self.val_fraction))
+
+    def tokenizer(self, kind: str, vocab_size: int | None) -> Tokenizer:
+        """The tokenizer of these settings: from the cache, or built and cached."""
+        name = "char" if kind == "char" else f"bpe-{vocab_size}"
+        path = self.root / f"{name}.tokenizer.json"
+        if path.exists():
+            try:
+                return tokenizer_from_json(path.read_text())
+            except (UserError, OSError, UnicodeDecodeError):
+                self.log(f"note: {path} is damaged; building it again")
+        if kind == "char":
+            chars: set[str] = set()
+            for piece in self._pieces(what="reading the characters"):
+                chars.update(piece)
+            if not chars:
+                raise UserError(f"data file {self.path} is empty")
+            tokenizer: Tokenizer = CharTokenizer(chars)
+        else:
+            tokenizer = self._train_bpe(vocab_size)
+        atomic_write(path, lambda f: f.write(tokenizer.to_json().encode()))
+        return tokenizer
+
+    def _train_bpe(self, vocab_size: int) -> BPETokenizer:
+        counts: Counter[str] = Counter()
+        for chunk_texts in chunk_stream(self._pieces(0, self.n_train(), "counting the train split's chunks")):
+            counts.update(chunk_texts)
+        chunk_counts = {chunk.encode("utf-8", ENCODING_ERRORS): n for chunk, n in counts.items()}
+        self.log(f"training a BPE of {vocab_size} tokens on {len(chunk_counts):,} distinct chunks")
+        tokenizer = BPETokenizer(train_merges(chunk_counts, vocab_size - N_BYTES))
+        if tokenizer.vocab_size < vocab_size:
+            self.log(f"note: the train split has pairs for {tokenizer.vocab_size} tokens only, not {vocab_size}: "
+                     f"every chunk is one token")
+        return tokenizer
+
+    def ids(self, tokenizer: Tokenizer) -> PreparedCorpus:
+        """Both splits encoded with tokenizer: from the cache, or encoded and cached."""
+        key = hashlib.sha256(tokenizer.to_json().encode()).hexdigest()[:16]
+        directory = self.root / f"ids-{key}-val{self.val_fraction!r}"
+        meta = self._read_meta(directory, tokenizer)
+        if meta is None:
+            meta = self._encode(directory, tokenizer)
+        splits = {name: np.memmap(directory / f"{name}.bin", dtype=tokenizer.dtype, mode="r",
+                                  shape=(meta[f"{name}_tokens"],)) if meta[f"{name}_tokens"] else
+                  np.zeros(0, tokenizer.dtype) for name in ("train", "val")}
+        return PreparedCorpus(tokenizer, splits["train"], splits["val"], meta["train_chars"], meta["val_chars"],
+                              self.path)
+
+    def _read_meta(self, directory: Path, tokenizer: Tokenizer) -> dict | None:
+        """The cached ids' description, where every file is whole; None where it must be built."""
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            whole = meta["format"] == FORMAT and meta["dtype"] == tokenizer.dtype.name and all(
+                (directory / f"{name}.bin").stat().st_size == meta[f"{name}_tokens"] * tokenizer.dtype.itemsize
+                for name in ("train", "val"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not whole:
+            self.log(f"note: the tokenized corpus in {directory} is incomplete; encoding it again")
+            return None
+        return meta
+
+    def _encode(self, directory: Path, tokenizer: Tokenizer) -> dict:
+        directory.mkdir(parents=True, exist_ok=True)
+        n_train = self.n_train()
+        meta = {"format": FORMAT, "source": str(self.path), "sha256": self.digest, "dtype": tokenizer.dtype.name,
+                "val_fraction": self.val_fraction, "train_chars": n_train, "val_chars": self.n_chars - n_train}
+        for name, (start, stop) in (("train", (0, n_train)), ("val", (n_train, None))):
+            pieces = self._pieces(start, stop, f"encoding the {name} split")
+            tokens = 0
+
+            def write(f, pieces=pieces) -> None:
+                nonlocal tokens
+                for ids in encode_pieces(tokenizer, pieces):
+                    f.write(ids.tobytes())
+                    tokens += len(ids)
+            atomic_write(directory / f"{name}.bin", write)
+            meta[f"{name}_tokens"] = tokens
+        atomic_write(directory / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        return meta
+
+
+def prepare(data: str | Path | None, tokenizer: str = "char", vocab_size: int | None = None,
+            val_fraction: float = 0.1, saved_tokenizer: Tokenizer | None = None,
+            log: Callable[[str], None] = print, show_progress: bool = True) -> PreparedCorpus:
+    """The corpus of --data split, tokenized and cached (see the module docstring). A resumed
+    run passes its checkpoint's tokenizer, and the text is encoded with that one."""
+    preparer = Preparer(corpus_path(data), val_fraction, log, show_progress)
+    return preparer.ids(saved_tokenizer or preparer.tokenizer(tokenizer, vocab_size))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .run import TOKENIZER_HELP, VOCAB_SIZE_HELP, check_tokenizer_settings
+
+    parser = argparse.ArgumentParser(prog="python -m gpt.prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="UTF-8 text file (default: tiny shakespeare)")
+    parser.add_argument("--tokenizer", default="char", help=TOKENIZER_HELP)
+    parser.add_argument("--vocab-size", type=int, default=None, help=VOCAB_SIZE_HELP)
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="fraction of the text held out for validation")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        check_tokenizer_settings(args.tokenizer, args.vocab_size, args.val_fraction)
+        corpus = prepare(args.data, args.tokenizer, args.vocab_size, args.val_fraction, log=print)
+        for name, ids, chars in (("train", corpus.train, corpus.train_chars), ("val", corpus.val, corpus.val_chars)):
+            print(f"{name}: {chars:,} characters, {len(ids):,} tokens ({chars / max(len(ids), 1):.2f} characters "
+                  f"per token) in {getattr(ids, 'filename', None) or 'memory'}")
+        print(f"vocabulary: {corpus.tokenizer.vocab_size} tokens ({corpus.tokenizer.dtype.name} ids)")
+    return exit_status(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
