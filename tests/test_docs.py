@@ -1,11 +1,31 @@
-"""The guide in docs/ cannot rot: every command in it is run, in order, and wherever the guide
-shows an `output` block, those lines must appear in what the command printed.
+"""The guide in docs/ cannot rot: every command in it is run, and wherever the guide shows an
+`output` block, what the command printed must match it.
 
 Conventions in the Markdown: a ```bash block holds commands (one per line); a ```output block
-right after it holds lines the commands print (a subset, in order). `# long` after a command
-shortens a training run here (--max-iters 20) so that it checks the command works without
-taking minutes; `# exits 2` means the command must fail with a one-line error.
-`pip install` lines are skipped: the test runs in the installed project.
+right after it shows what they print (each command's stdout, then its stderr, one command
+after another). `# long` after a command shortens a training run here (--max-iters 20) so
+that it checks the command works without taking minutes; `# exits 2` means the command must
+fail with a one-line error. `pip install` lines are skipped: the test runs in the installed
+project.
+
+An output block matches the printed lines (trailing spaces, and blank lines before the first
+and after the last printed line, do not count) when:
+  - a line `...` stands for one or more printed lines left out there (two `...` in a row, or a
+    block of nothing but `...`, is an error in the guide);
+  - shown lines with no `...` between them are consecutive printed lines, and these groups
+    come in the block's order;
+  - a block that does not start with `...` starts at the first printed line, and one that
+    does not end with `...` ends at the last. A block without `...` is the whole output.
+So leaving a line out without a `...` fails, and so does a `...` that leaves nothing out.
+
+The chapters run in order in one fresh directory, as a reader runs them (chapter 5 samples
+chapter 4's run), with the corpus under data/. Every block whose commands change a file there
+(the training runs, --png) runs a second time at once, and must print what the guide shows
+and leave the same file names again: a reader can run any command twice. The blocks that only
+read run once, which keeps the test's time well under twice a single pass. The directory is a
+git repository with the project's .gitignore, as a reader's clone is, and `git status` there
+must be the same after the guide as before: everything the commands write is ignored (without
+git or the .gitignore, that check is left out with a warning saying so).
 """
 
 from __future__ import annotations
@@ -13,8 +33,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,6 +46,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHAPTERS = [REPO / "docs" / "README.md"] + sorted((REPO / "docs").glob("0*.md"))
 BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
 SHORTEN = ["--max-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--sample-tokens", "0"]
+OMITTED = "..."
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def steps(path: Path) -> list[tuple[str, str, str | None]]:
@@ -36,9 +61,75 @@ def steps(path: Path) -> list[tuple[str, str, str | None]]:
     return found
 
 
+def output_mismatch(block: str, printed: str) -> str | None:
+    """None where the output block matches the printed text (the rule is in the module's
+    docstring), else what does not match."""
+    shown = [line.rstrip() for line in block.strip("\n").splitlines()]
+    lines = [line.rstrip() for line in printed.splitlines()]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    runs: list[list[str]] = [[]]  # the shown lines between the `...` lines
+    for line in shown:
+        if line.strip() == OMITTED:
+            runs.append([])
+        else:
+            runs[-1].append(line)
+    if any(not run for run in runs[1:-1]) or not any(runs):
+        return f"the block has two {OMITTED!r} in a row, or nothing else"
+    if len(runs) == 1:
+        return None if lines == shown else _first_difference(shown, lines, 0)
+    head, middle, tail = runs[0], runs[1:-1], runs[-1]
+    end = len(lines) - len(tail)  # where the tail starts
+    if lines[: len(head)] != head:
+        return _first_difference(head, lines, 0)
+    if end < 0 or lines[end:] != tail:
+        return _first_difference(tail, lines, max(end, 0))
+    position = len(head)
+    for run in middle:  # each at its earliest place after a gap of at least one line
+        starts = [i for i in range(position + 1, end - len(run)) if lines[i : i + len(run)] == run]
+        if not starts:
+            return (f"the lines\n  {run!r}\nare not printed together after printed line {position} "
+                    f"with at least one line left out on each side")
+        position = starts[0] + len(run)
+    if end - position < 1:
+        return f"a {OMITTED!r} before printed line {end + 1} leaves out no line"
+    return None
+
+
+def _first_difference(want: list[str], lines: list[str], start: int) -> str:
+    for offset, line in enumerate(want):
+        got = lines[start + offset] if 0 <= start + offset < len(lines) else None
+        if got != line:
+            return f"printed line {start + offset + 1} should be\n  {line!r}\nbut is\n  {got!r}"
+    return f"there are {len(lines) - len(want)} printed lines the block does not show (mark them {OMITTED!r})"
+
+
+@pytest.mark.parametrize("block, printed, ok", [
+    ("a\nb\n", "a\nb\n", True),
+    ("a\nb\n", "\na \nb\n\n", True),  # trailing spaces and outer blank lines do not count
+    ("a\nc\n", "a\nb\nc\n", False),  # a line left out without `...`
+    ("a\n...\nc\n", "a\nb\nc\n", True),
+    ("a\n...\nc\n", "a\nc\n", False),  # a `...` that leaves nothing out
+    ("a\n", "a\nb\n", False),  # the block must reach the last printed line
+    ("b\n", "a\nb\n", False),  # and start at the first
+    ("a\n...\n", "a\nb\nc\n", True),
+    ("...\nc\n", "a\nb\nc\n", True),
+    ("...\nb\n...\n", "a\nb\nc\n", True),
+    ("...\nb\nd\n...\n", "a\nb\nc\nd\ne\n", False),  # shown together, printed apart
+    ("...\nb\n...\nd\n...\n", "a\nb\nc\nd\ne\n", True),
+    ("...\nb\n...\nb\n", "a\nb\nc\nb\n", True),  # a run found at its earliest place, then the tail
+    ("a\n...\n...\nc\n", "a\nb\nx\nc\n", False),  # two `...` in a row
+    ("...\n", "a\n", False),
+])
+def test_output_blocks_show_every_line_or_mark_what_they_leave_out(block, printed, ok):
+    assert (output_mismatch(block, printed) is None) == ok
+
+
 def run_command(line: str, cwd: Path) -> subprocess.CompletedProcess:
     command, _, comment = line.partition("#")
-    args = command.split() if '"' not in command else _split_quoted(command)
+    args = shlex.split(command)
     if args[:3] == ["python", "-m", "pip"]:
         return subprocess.CompletedProcess(args, 0, "", "")
     args[0] = sys.executable
@@ -48,65 +139,87 @@ def run_command(line: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
-def _split_quoted(command: str) -> list[str]:
-    import shlex
-
-    return shlex.split(command)
-
-
-def assert_lines_appear_in_order(expected: str, printed: str, where: str) -> None:
-    lines = [line.rstrip() for line in printed.splitlines()]
-    position = 0
-    for want in expected.strip("\n").splitlines():
-        want = want.rstrip()
-        try:
-            position = lines.index(want, position) + 1
-        except ValueError:
-            raise AssertionError(f"{where}: the guide shows\n  {want!r}\nbut the command printed:\n{printed}") from None
+def run_block(code: str, expected: str | None, cwd: Path, where: str) -> None:
+    printed = ""
+    for line in filter(None, (raw.strip() for raw in code.splitlines())):
+        result = run_command(line, cwd)
+        printed += result.stdout + result.stderr
+        if "exits 2" in line:
+            assert result.returncode == 2, f"{where}: {line} should fail:\n{printed}"
+            assert "Traceback" not in result.stderr
+        else:
+            assert result.returncode == 0, f"{where}: {line} failed:\n{result.stdout}\n{result.stderr}"
+    if expected is not None:
+        mismatch = output_mismatch(expected, printed)
+        assert mismatch is None, f"{where}: {mismatch}\nThe commands printed:\n{printed}"
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, request) -> Path:
-    """One directory for the whole guide, as a reader's clone: the corpus is under data/."""
+def files_under(directory: Path) -> dict[str, tuple[int, int]]:
+    """Each file's (size, modification time) by its path, leaving out .git and what symlinks
+    point to (the corpus)."""
+    found = {}
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in files:
+            stat = (Path(root) / name).lstat()
+            found[str((Path(root) / name).relative_to(directory))] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def git_status(directory: Path) -> str:
+    # the project's .gitignore alone decides, not the user's own global ignore file
+    command = ["git", "-c", "core.excludesFile=/dev/null", "status", "--porcelain", "--untracked-files=all"]
+    return subprocess.run(command, cwd=directory, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A fresh directory, as a reader's clone: the corpus under data/, and (where git is
+    installed and the project has its .gitignore) a git repository that ignores what the
+    project ignores."""
     corpus = REPO / "data" / "tinyshakespeare"
     if not (corpus / "input.txt").exists():
         pytest.skip(f"corpus not found at {corpus}/input.txt")
-    work = tmp_path_factory.mktemp("guide")
-    (work / "data").mkdir()
-    (work / "data" / "tinyshakespeare").symlink_to(corpus)
-    return work
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tinyshakespeare").symlink_to(corpus)
+    if shutil.which("git") and (REPO / ".gitignore").exists():
+        shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
+        subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, capture_output=True)
+    return tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
-def test_every_command_in_the_guide_runs_and_prints_what_it_says(chapter, workdir):
-    for kind, code, expected in steps(chapter):
-        if kind == "python":
-            exec(compile(code, str(chapter), "exec"), {})
-            continue
-        printed = ""
-        for line in filter(None, (raw.strip() for raw in code.splitlines())):
-            result = run_command(line, workdir)
-            printed += result.stdout + result.stderr
-            where = f"{chapter.name}: {line}"
-            if "exits 2" in line:
-                assert result.returncode == 2, f"{where} should fail:\n{printed}"
-                assert "Traceback" not in result.stderr
-            else:
-                assert result.returncode == 0, f"{where} failed:\n{result.stdout}\n{result.stderr}"
-        if expected is not None:
-            assert_lines_appear_in_order(expected, printed, chapter.name)
+def test_every_command_in_the_guide_prints_what_it_shows_can_run_again_and_leaves_git_clean(workdir):
+    status_before = git_status(workdir) if (workdir / ".git").exists() else None
+    pictures = []
+    for chapter in CHAPTERS:
+        for kind, code, expected in steps(chapter):
+            if kind == "python":
+                exec(compile(code, str(chapter), "exec"), {})
+                continue
+            pictures += re.findall(r"--png (\S+)", code)
+            before = files_under(workdir)
+            run_block(code, expected, workdir, chapter.name)
+            written = files_under(workdir)
+            if written != before:  # once more, as a reader who runs the command again
+                run_block(code, expected, workdir, f"{chapter.name}, run a second time")
+                again = files_under(workdir)
+                assert again.keys() == written.keys(), f"{chapter.name}: run twice, {code!r} leaves other files"
+
+    assert pictures, "the guide draws no picture: what does this test check?"
+    for picture in pictures:
+        assert not Path(picture).is_absolute() and "/" in picture, f"--png {picture} writes into the repository root"
+        if importlib.util.find_spec("matplotlib") is not None:  # (without it, the commands say they draw nothing)
+            path = workdir / picture
+            assert path.exists(), f"the guide's command wrote no {picture}"
+            assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 5000
+
+    if status_before is None:
+        warnings.warn("git status not compared: git is not installed, or the project has no .gitignore "
+                      "(not a git checkout)", stacklevel=1)
+    else:
+        assert git_status(workdir) == status_before, "the guide's commands leave files git does not ignore"
 
 
-def test_the_guide_is_linked_and_its_pictures_are_real_pngs(workdir):
-    """The chapters' runs (above, in the same directory) leave out-bigram and out-docs there, and
-    with matplotlib their explain commands must have drawn a picture from each."""
+def test_the_guide_is_linked_from_the_readme():
     assert "docs/README.md" in (REPO / "README.md").read_text()
-    if importlib.util.find_spec("matplotlib") is None:
-        pytest.skip("matplotlib is not installed: the guide's commands draw no pictures")
-    for png, run_dir in (("bigram.png", "out-bigram"), ("attention.png", "out-docs")):
-        if not (workdir / run_dir).exists():
-            pytest.skip("run with the chapters' tests, whose commands make the pictures")
-        path = workdir / png
-        assert path.exists(), f"the guide's command wrote no {png}"
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
