@@ -1,6 +1,7 @@
 """Small commands that make the lecture's moments visible:  python -m gpt.explain TOPIC
 
     vocab         the characters, the vocabulary size, encoding and decoding
+    tokens        how a byte-pair (BPE) vocabulary cuts a text, and what that costs and buys
     chunk         one chunk of block_size + 1 characters and the block_size examples inside it
     batch         a batch: B chunks side by side, the two knobs B and T
     initial-loss  an untrained model's loss next to ln(V)
@@ -34,6 +35,7 @@ from .bigram import BigramLanguageModel
 from .data import CharDataset, load_text
 from .errors import UserError, exit_status
 from .model import GPT, GPTConfig
+from .prepare import prepare
 from .run import PRESETS, TrainConfig, build_model, checkpoint_path, load_run
 
 
@@ -55,6 +57,37 @@ def vocab(args: argparse.Namespace) -> None:
     print(f"encode({args.text!r}) = {ids.tolist()}")
     print(f"decode({ids.tolist()}) = {tok.decode(ids)!r}")
     print(f"train: {len(ds.train):,} tokens, val: {len(ds.val):,} tokens ({ds.train.dtype}: 1 byte each)")
+
+
+def tokens(args: argparse.Namespace) -> None:
+    """How a BPE learned from the train split cuts a text, beside the character tokenizer."""
+    notes: list[str] = []
+    char = prepare(args.data, "char", log=notes.append, show_progress=False)
+    bpe = prepare(args.data, "bpe", args.vocab_size, log=notes.append, show_progress=False)
+    tok = bpe.tokenizer
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(f"BPE of {tok.vocab_size} tokens (256 bytes + {len(tok.merges)} merges), learned from the train split")
+    print("its first merges: " + ", ".join(repr(_token_text(tok, 256 + i)) for i in range(min(8, len(tok.merges)))))
+    longest = sorted(range(256, tok.vocab_size), key=lambda i: (-len(tok.token_bytes(i)), i))[:5]
+    print("its longest tokens: " + ", ".join(repr(_token_text(tok, i)) for i in longest))
+    ids = tok.encode(args.text)
+    print(f"{args.text!r}: {len(args.text)} characters, {len(ids)} tokens:")
+    print("  " + " ".join(repr(_token_text(tok, i)) for i in ids.tolist()))
+    print(f"  ids {ids.tolist()}")
+    if args.letter:
+        counts = [_token_text(tok, i).count(args.letter) for i in ids.tolist()]
+        print(f"{args.letter!r} in each token: {counts}, {sum(counts)} in all: the model sees only the ids, so it "
+              f"can count the {args.letter!r}s only if it has learned what each token spells")
+    for name, corpus in (("characters", char), (f"BPE {tok.vocab_size}", bpe)):
+        per_token = corpus.val_chars / len(corpus.val)
+        print(f"{name}: {corpus.tokenizer.vocab_size} tokens, {per_token:.2f} characters per token on the val "
+              f"split: a 256-token block holds {256 * per_token:.0f} characters")
+
+
+def _token_text(tok, i: int) -> str:
+    """A token's text; bytes that are part of a character show as U+FFFD."""
+    return tok.token_bytes(i).decode("utf-8", errors="replace")
 
 
 def chunk(args: argparse.Namespace) -> None:
@@ -311,6 +344,10 @@ def _best_time(fn, *args, repeats: int = 5) -> float:
     return best
 
 
+def _vocab_size(text: str) -> int:
+    return _int_from(text, 256, "256 (the bytes) or more")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1 (argparse prints the error and exits 2)."""
     return _int_from(text, 1, "a positive integer")
@@ -342,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     topic("vocab", vocab, "the vocabulary and the tokenizer", random=False).add_argument("--text", default="hii there")
+    p = topic("tokens", tokens, "how a BPE splits a text, against the characters", random=False)
+    p.add_argument("--vocab-size", type=_vocab_size, default=512)
+    p.add_argument("--text", default="How many r's are in strawberry?")
+    p.add_argument("--letter", default="r", help="count this letter in each token ('' for none)")
     topic("chunk", chunk, "the T examples in one chunk", random=False).add_argument(
         "--block-size", type=positive_int, default=8)
     p = topic("batch", batch, "a batch of chunks")

@@ -113,3 +113,42 @@ def test_the_pytorch_bigram_gives_the_same_loss_and_gradient_by_counts_as_by_loo
     (lookup_loss, lookup_grad), (counts_loss, counts_grad) = grads
     assert counts_loss == pytest.approx(lookup_loss, rel=1e-6)
     torch.testing.assert_close(counts_grad, lookup_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture
+def small_text(tmp_path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text("It is the east, and Juliet is the sun. Arise, fair sun, and kill the envious moon!\n" * 300)
+    return path
+
+
+def test_tokenizer_speed_checks_then_times_each_implementation(small_text):
+    result = bench("tokenizer_speed.py", "--data", str(small_text), "--vocab-size", "300", "--naive-merges", "5",
+                   "--rounds", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert "ours" in json.dumps(row) and "naive" in json.dumps(row)
+
+
+def test_codebook_trains_a_model_per_tokenizer_and_tabulates_them(small_text, tmp_path, monkeypatch):
+    codebook = import_benchmark("codebook")
+    monkeypatch.setattr(codebook, "REPO", tmp_path)  # its runs go to tmp_path/out-codebook
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    results = codebook.measure(codebook.build_parser().parse_args(
+        ["--data", str(small_text), "--vocab-sizes", "300", "--max-iters", "4", "--eval-interval", "2"]))
+    assert [r["tokenizer"] for r in results] == ["char", "bpe-300"]
+    char, bpe = results
+    assert char["chars_per_token"] == 1 and bpe["chars_per_token"] > 1.5  # a repeated line merges well
+    assert bpe["embedding_params"] == 300 * 128 and 0 < bpe["embedding_share"] < 1
+    assert [r["step"] for r in bpe["rows"]] == [0, 2, 4] and bpe["val_bpc"] > 0
+    assert char["val_bpc_same_time"] == pytest.approx(char["val_bpc"])
+    assert "| bpe-300 | 300 |" in codebook.table(results)
+
+
+def test_prepare_memory_reports_the_peak_of_a_streamed_corpus(tmp_path):
+    result = bench("prepare_memory.py", "--gb", "0.001", "--tokenizer", "char", "--work-dir", str(tmp_path), "--json")
+    if "tiny shakespeare is not at" in result.stderr:
+        pytest.skip("needs the corpus (.ci/run copies it into data/)")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["text_bytes"] >= 10**6 and 20 * 2**20 < row["peak_rss_bytes"] < 2**30

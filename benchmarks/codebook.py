@@ -1,0 +1,185 @@
+"""The codebook trade-off, measured: the character tokenizer against BPE at several sizes, on
+one corpus, with one model and one machine.
+
+    python benchmarks/codebook.py                              # char and BPE 256..4096, baby model
+    python benchmarks/codebook.py --vocab-sizes 512 1024 --max-iters 500 --png codebook.png
+    python benchmarks/codebook.py --json
+
+For each tokenizer (gpt.prepare, trained on the train split only):
+- characters per token on the val split, and the characters a 256-token block covers;
+- the embedding and output-layer parameters (one shared V x C matrix in the baby model, whose
+  weights are tied) and their share of the model;
+- the share of the vocabulary seen fewer than 10 times in the train split (tokens the model
+  barely learns);
+- the tokenizer's training time (gpt.bpe.train_merges on the train split's chunk counts);
+- the baby model's val bits per character after the same number of steps (same batch and
+  block in tokens, so a BPE model sees more text per step) and after the same training time
+  (the char run's: each other run's val bits per character at that time, read off its
+  evaluations by linear interpolation; evaluations are not counted as training time).
+
+Each model is a `python -m gpt.train` run in out-codebook/<tokenizer>/ (replaced each time);
+the runs take minutes each: this is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from gpt.bpe import ENCODING_ERRORS, N_BYTES, split_chunks, train_merges  # noqa: E402
+from gpt.errors import UserError, exit_status  # noqa: E402
+from gpt.prepare import prepare  # noqa: E402
+from gpt.run import PRESETS  # noqa: E402
+
+RARE = 10  # a token seen fewer times than this in the train split counts as rare
+BLOCK_TOKENS = 256  # the block of the lecture's final model
+
+
+def tokenizer_seconds(text: str, vocab_size: int) -> float:
+    """Time to learn the merges from the text's chunk counts (the counting included)."""
+    t0 = time.perf_counter()
+    counts = Counter(split_chunks(text))
+    train_merges({chunk.encode("utf-8", ENCODING_ERRORS): n for chunk, n in counts.items()}, vocab_size - N_BYTES)
+    return time.perf_counter() - t0
+
+
+def train_run(name: str, flags: list[str], args: argparse.Namespace) -> list[dict]:
+    """A baby model trained with these tokenizer flags; its metrics rows."""
+    out_dir = REPO / "out-codebook" / name
+    command = [sys.executable, "-m", "gpt.train", *flags, "--out-dir", str(out_dir), "--overwrite", "--quiet",
+               "--max-iters", str(args.max_iters), "--eval-interval", str(args.eval_interval), "--sample-tokens", "0"]
+    if args.data:
+        command += ["--data", args.data]
+    print(f"training {name}: {' '.join(command[1:])}", file=sys.stderr)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"training {name} failed: {result.stderr.strip().splitlines()[-1]}")
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def training_seconds(row: dict, tokens_per_step: int) -> float:
+    """The time spent in training steps up to this row (tokens_per_s averages over them)."""
+    return row["step"] * tokens_per_step / row["tokens_per_s"] if row["tokens_per_s"] else 0.0
+
+
+def bpc_at(rows: list[dict], seconds: float, tokens_per_step: int) -> float | None:
+    """Val bits per character after `seconds` of training, between the evaluations around it."""
+    times = [training_seconds(r, tokens_per_step) for r in rows]
+    if seconds > times[-1]:
+        return None
+    return float(np.interp(seconds, times, [r["val_bpc"] for r in rows]))
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    baby = PRESETS["baby"]
+    C, tokens_per_step = baby["n_embd"], baby["batch_size"] * baby["block_size"]
+    settings = [("char", ["--tokenizer", "char"], None)] + [
+        (f"bpe-{v}", ["--tokenizer", "bpe", "--vocab-size", str(v)], v) for v in args.vocab_sizes]
+    results = []
+    for name, flags, vocab_size in settings:
+        corpus = prepare(args.data, "bpe" if vocab_size else "char", vocab_size, log=lambda m: None,
+                         show_progress=False)
+        V = corpus.tokenizer.vocab_size
+        rows = train_run(name, flags, args)
+        n_params = json.loads((REPO / "out-codebook" / name / "config.json").read_text())["n_params"]
+        seen = np.bincount(np.asarray(corpus.train), minlength=V)
+        train_text = corpus.source.read_text(encoding="utf-8")[: corpus.train_chars] if vocab_size else ""
+        results.append({
+            "tokenizer": name, "vocab_size": V,
+            "chars_per_token": corpus.val_chars / len(corpus.val),
+            "block_chars": BLOCK_TOKENS * corpus.val_chars / len(corpus.val),
+            "embedding_params": V * C, "embedding_share": V * C / n_params, "n_params": n_params,
+            "rare_share": float(np.mean(seen < RARE)),
+            "tokenizer_s": tokenizer_seconds(train_text, vocab_size) if vocab_size else 0.0,
+            "steps": rows[-1]["step"], "val_bpc": rows[-1]["val_bpc"],
+            "train_s": training_seconds(rows[-1], tokens_per_step), "rows": rows,
+        })
+    budget = results[0]["train_s"]  # the char model's training time
+    for r in results:
+        r["val_bpc_same_time"] = bpc_at(r["rows"], budget, tokens_per_step)
+        r["same_time_s"] = budget
+    return results
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| tokenizer | V | chars/token (val) | chars in 256 tokens | embedding params (share) | "
+             f"seen < {RARE}x in train | tokenizer training | val bits/char, {results[0]['steps']} steps | "
+             f"val bits/char, {results[0]['same_time_s']:.0f} s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        same_time = "-" if r["val_bpc_same_time"] is None else f"{r['val_bpc_same_time']:.3f}"
+        lines.append(f"| {r['tokenizer']} | {r['vocab_size']} | {r['chars_per_token']:.2f} | {r['block_chars']:.0f} | "
+                     f"{r['embedding_params']:,} ({r['embedding_share']:.0%}) | {r['rare_share']:.1%} | "
+                     f"{r['tokenizer_s']:.2f} s | {r['val_bpc']:.3f} ({r['train_s']:.0f} s) | {same_time} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bpe = [r for r in results if r["tokenizer"] != "char"]
+    char = results[0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sizes = [r["vocab_size"] for r in bpe]
+    ax.plot(sizes, [r["val_bpc"] for r in bpe], "o-", label=f"BPE: val bits/char after {char['steps']} steps")
+    same = [(r["vocab_size"], r["val_bpc_same_time"]) for r in bpe if r["val_bpc_same_time"] is not None]
+    ax.plot(*zip(*same), "s--", label=f"BPE: val bits/char after {char['same_time_s']:.0f} s of training")
+    ax.axhline(char["val_bpc"], color="gray", ls=":", label=f"characters (V {char['vocab_size']})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("vocabulary size")
+    ax.set_ylabel("val bits per character")
+    ax2 = ax.twinx()
+    ax2.plot(sizes, [r["chars_per_token"] for r in bpe], "^-", color="tab:green", label="characters per token")
+    ax2.set_ylabel("characters per token", color="tab:green")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper center")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    parser.add_argument("--max-iters", type=int, default=PRESETS["baby"]["max_iters"])
+    parser.add_argument("--eval-interval", type=int, default=100, help="steps between evaluations (the curves)")
+    parser.add_argument("--data", default=None, help="UTF-8 text file (default: tiny shakespeare)")
+    parser.add_argument("--png", default=None, help="write the plot here (needs matplotlib)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per tokenizer, rows included")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def run() -> None:
+        if args.max_iters <= 0 or args.eval_interval <= 0 or min(args.vocab_sizes) < N_BYTES:
+            raise UserError(f"--max-iters and --eval-interval must be positive, --vocab-sizes at least {N_BYTES}")
+        results = measure(args)
+        if args.json:
+            for r in results:
+                print(json.dumps(r))
+        else:
+            print(table(results))
+        if args.png:
+            plot(results, args.png)
+
+    return exit_status(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
