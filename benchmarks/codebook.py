@@ -15,10 +15,13 @@ For each tokenizer (gpt.prepare, trained on the train split only):
 - the baby model's val bits per character after the same number of steps (same batch and
   block in tokens, so a BPE model sees more text per step) and after the same training time
   (the char run's: each other run's val bits per character at that time, read off its
-  evaluations by linear interpolation; evaluations are not counted as training time).
+  evaluations by linear interpolation).
 
-Each model is a `python -m gpt.train` run in out-codebook/<tokenizer>/ (replaced each time);
-the runs take minutes each: this is a benchmark, not a test.
+Each model is a `python -m gpt.train` run in out-codebook/<tokenizer>/ (replaced each time,
+unless --reuse-runs finds a finished one there); the runs take minutes each: this is a
+benchmark, not a test. Training time is not read from those runs, which a busy machine slows
+unevenly: each tokenizer's step time is measured afterwards in short runs (--timing-steps
+steps, no evaluation) that take turns, --rounds times, and the median is used.
 """
 
 from __future__ import annotations
@@ -52,28 +55,43 @@ def tokenizer_seconds(text: str, vocab_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def train_run(name: str, flags: list[str], args: argparse.Namespace) -> list[dict]:
-    """A baby model trained with these tokenizer flags; its metrics rows."""
-    out_dir = REPO / "out-codebook" / name
+def train_run(out_dir: Path, flags: list[str], max_iters: int, eval_interval: int,
+              args: argparse.Namespace) -> list[dict]:
+    """A baby model trained with these tokenizer flags into out_dir; its metrics rows."""
     command = [sys.executable, "-m", "gpt.train", *flags, "--out-dir", str(out_dir), "--overwrite", "--quiet",
-               "--max-iters", str(args.max_iters), "--eval-interval", str(args.eval_interval), "--sample-tokens", "0"]
+               "--max-iters", str(max_iters), "--eval-interval", str(eval_interval), "--sample-tokens", "0"]
     if args.data:
         command += ["--data", args.data]
-    print(f"training {name}: {' '.join(command[1:])}", file=sys.stderr)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise UserError(f"training {name} failed: {result.stderr.strip().splitlines()[-1]}")
+        raise UserError(f"{' '.join(command[1:])} failed: {result.stderr.strip().splitlines()[-1]}")
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def training_seconds(row: dict, tokens_per_step: int) -> float:
-    """The time spent in training steps up to this row (tokens_per_s averages over them)."""
-    return row["step"] * tokens_per_step / row["tokens_per_s"] if row["tokens_per_s"] else 0.0
+def finished_rows(out_dir: Path, max_iters: int) -> list[dict] | None:
+    """The metrics of a run of max_iters steps already in out_dir (--reuse-runs), else None."""
+    try:
+        rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    except (OSError, ValueError):
+        return None
+    return rows if rows and rows[-1]["step"] == max_iters else None
 
 
-def bpc_at(rows: list[dict], seconds: float, tokens_per_step: int) -> float | None:
+def seconds_per_step(settings: list[tuple[str, list[str], int | None]], args: argparse.Namespace) -> dict[str, float]:
+    """Each tokenizer's training step time: the median over --rounds short runs taken in turns."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in settings}
+    tokens_per_step = PRESETS["baby"]["batch_size"] * PRESETS["baby"]["block_size"]
+    for _ in range(args.rounds):
+        for name, flags, _ in settings:
+            rows = train_run(REPO / "out-codebook" / f"timing-{name}", flags + ["--eval-iters", "1"],
+                             args.timing_steps, args.timing_steps, args)
+            times[name].append(tokens_per_step / rows[-1]["tokens_per_s"])
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def bpc_at(rows: list[dict], seconds: float, step_seconds: float) -> float | None:
     """Val bits per character after `seconds` of training, between the evaluations around it."""
-    times = [training_seconds(r, tokens_per_step) for r in rows]
+    times = [r["step"] * step_seconds for r in rows]
     if seconds > times[-1]:
         return None
     return float(np.interp(seconds, times, [r["val_bpc"] for r in rows]))
@@ -81,7 +99,7 @@ def bpc_at(rows: list[dict], seconds: float, tokens_per_step: int) -> float | No
 
 def measure(args: argparse.Namespace) -> list[dict]:
     baby = PRESETS["baby"]
-    C, tokens_per_step = baby["n_embd"], baby["batch_size"] * baby["block_size"]
+    C = baby["n_embd"]
     settings = [("char", ["--tokenizer", "char"], None)] + [
         (f"bpe-{v}", ["--tokenizer", "bpe", "--vocab-size", str(v)], v) for v in args.vocab_sizes]
     results = []
@@ -89,8 +107,10 @@ def measure(args: argparse.Namespace) -> list[dict]:
         corpus = prepare(args.data, "bpe" if vocab_size else "char", vocab_size, log=lambda m: None,
                          show_progress=False)
         V = corpus.tokenizer.vocab_size
-        rows = train_run(name, flags, args)
-        n_params = json.loads((REPO / "out-codebook" / name / "config.json").read_text())["n_params"]
+        out_dir = REPO / "out-codebook" / name
+        rows = (args.reuse_runs and finished_rows(out_dir, args.max_iters)) or \
+            train_run(out_dir, flags, args.max_iters, args.eval_interval, args)
+        n_params = json.loads((out_dir / "config.json").read_text())["n_params"]
         seen = np.bincount(np.asarray(corpus.train), minlength=V)
         train_text = corpus.source.read_text(encoding="utf-8")[: corpus.train_chars] if vocab_size else ""
         results.append({
@@ -100,12 +120,15 @@ def measure(args: argparse.Namespace) -> list[dict]:
             "embedding_params": V * C, "embedding_share": V * C / n_params, "n_params": n_params,
             "rare_share": float(np.mean(seen < RARE)),
             "tokenizer_s": tokenizer_seconds(train_text, vocab_size) if vocab_size else 0.0,
-            "steps": rows[-1]["step"], "val_bpc": rows[-1]["val_bpc"],
-            "train_s": training_seconds(rows[-1], tokens_per_step), "rows": rows,
+            "steps": rows[-1]["step"], "val_bpc": rows[-1]["val_bpc"], "rows": rows,
         })
+    step_seconds = seconds_per_step(settings, args)
+    for r in results:
+        r["ms_per_step"] = 1000 * step_seconds[r["tokenizer"]]
+        r["train_s"] = r["steps"] * step_seconds[r["tokenizer"]]
     budget = results[0]["train_s"]  # the char model's training time
     for r in results:
-        r["val_bpc_same_time"] = bpc_at(r["rows"], budget, tokens_per_step)
+        r["val_bpc_same_time"] = bpc_at(r["rows"], budget, step_seconds[r["tokenizer"]])
         r["same_time_s"] = budget
     return results
 
@@ -119,7 +142,7 @@ def table(results: list[dict]) -> str:
         same_time = "-" if r["val_bpc_same_time"] is None else f"{r['val_bpc_same_time']:.3f}"
         lines.append(f"| {r['tokenizer']} | {r['vocab_size']} | {r['chars_per_token']:.2f} | {r['block_chars']:.0f} | "
                      f"{r['embedding_params']:,} ({r['embedding_share']:.0%}) | {r['rare_share']:.1%} | "
-                     f"{r['tokenizer_s']:.2f} s | {r['val_bpc']:.3f} ({r['train_s']:.0f} s) | {same_time} |")
+                     f"{r['tokenizer_s']:.2f} s | {r['val_bpc']:.3f} ({r['ms_per_step']:.0f} ms/step) | {same_time} |")
     return "\n".join(lines)
 
 
@@ -160,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="UTF-8 text file (default: tiny shakespeare)")
     parser.add_argument("--png", default=None, help="write the plot here (needs matplotlib)")
     parser.add_argument("--json", action="store_true", help="one JSON object per tokenizer, rows included")
+    parser.add_argument("--reuse-runs", action="store_true",
+                        help="read the models' metrics from out-codebook/ where a run of --max-iters steps is there")
+    parser.add_argument("--timing-steps", type=int, default=50, help="steps of each timing run")
+    parser.add_argument("--rounds", type=int, default=3, help="timing runs of each tokenizer, in turns")
     return parser
 
 
@@ -167,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> None:
-        if args.max_iters <= 0 or args.eval_interval <= 0 or min(args.vocab_sizes) < N_BYTES:
-            raise UserError(f"--max-iters and --eval-interval must be positive, --vocab-sizes at least {N_BYTES}")
+        if min(args.max_iters, args.eval_interval, args.timing_steps, args.rounds) <= 0:
+            raise UserError("--max-iters, --eval-interval, --timing-steps and --rounds must be positive")
+        if min(args.vocab_sizes) < N_BYTES:
+            raise UserError(f"--vocab-sizes must be at least {N_BYTES}")
         results = measure(args)
         if args.json:
             for r in results:

@@ -135,7 +135,8 @@ def test_codebook_trains_a_model_per_tokenizer_and_tabulates_them(small_text, tm
     monkeypatch.setattr(codebook, "REPO", tmp_path)  # its runs go to tmp_path/out-codebook
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     results = codebook.measure(codebook.build_parser().parse_args(
-        ["--data", str(small_text), "--vocab-sizes", "300", "--max-iters", "4", "--eval-interval", "2"]))
+        ["--data", str(small_text), "--vocab-sizes", "300", "--max-iters", "4", "--eval-interval", "2",
+         "--timing-steps", "2", "--rounds", "1"]))
     assert [r["tokenizer"] for r in results] == ["char", "bpe-300"]
     char, bpe = results
     assert char["chars_per_token"] == 1 and bpe["chars_per_token"] > 1.5  # a repeated line merges well
