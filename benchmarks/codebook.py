@@ -21,7 +21,8 @@ Each model is a `python -m gpt.train` run in out-codebook/<tokenizer>/ (replaced
 unless --reuse-runs finds a finished one there); the runs take minutes each: this is a
 benchmark, not a test. Training time is not read from those runs, which a busy machine slows
 unevenly: each tokenizer's step time is measured afterwards in short runs (--timing-steps
-steps, no evaluation) that take turns, --rounds times, and the median is used.
+steps, no evaluation) that take turns, --rounds times, and the fastest is used (other load
+only ever adds time).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def finished_rows(out_dir: Path, max_iters: int) -> list[dict] | None:
 
 
 def seconds_per_step(settings: list[tuple[str, list[str], int | None]], args: argparse.Namespace) -> dict[str, float]:
-    """Each tokenizer's training step time: the median over --rounds short runs taken in turns."""
+    """Each tokenizer's training step time: the fastest of --rounds short runs taken in turns."""
     times: dict[str, list[float]] = {name: [] for name, _, _ in settings}
     tokens_per_step = PRESETS["baby"]["batch_size"] * PRESETS["baby"]["block_size"]
     for _ in range(args.rounds):
@@ -86,7 +87,7 @@ def seconds_per_step(settings: list[tuple[str, list[str], int | None]], args: ar
             rows = train_run(REPO / "out-codebook" / f"timing-{name}", flags + ["--eval-iters", "1"],
                              args.timing_steps, args.timing_steps, args)
             times[name].append(tokens_per_step / rows[-1]["tokens_per_s"])
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return {name: min(t) for name, t in times.items()}
 
 
 def bpc_at(rows: list[dict], seconds: float, step_seconds: float) -> float | None:
@@ -185,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON object per tokenizer, rows included")
     parser.add_argument("--reuse-runs", action="store_true",
                         help="read the models' metrics from out-codebook/ where a run of --max-iters steps is there")
-    parser.add_argument("--timing-steps", type=int, default=50, help="steps of each timing run")
-    parser.add_argument("--rounds", type=int, default=3, help="timing runs of each tokenizer, in turns")
+    parser.add_argument("--timing-steps", type=int, default=100, help="steps of each timing run")
+    parser.add_argument("--rounds", type=int, default=5, help="timing runs of each tokenizer, in turns")
     return parser
 
 

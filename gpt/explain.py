@@ -61,12 +61,9 @@ def vocab(args: argparse.Namespace) -> None:
 
 def tokens(args: argparse.Namespace) -> None:
     """How a BPE learned from the train split cuts a text, beside the character tokenizer."""
-    notes: list[str] = []
-    char = prepare(args.data, "char", log=notes.append, show_progress=False)
-    bpe = prepare(args.data, "bpe", args.vocab_size, log=notes.append, show_progress=False)
+    char = prepare(args.data, "char", log=lambda note: None, show_progress=False)
+    bpe = prepare(args.data, "bpe", args.vocab_size, log=lambda note: None, show_progress=False)
     tok = bpe.tokenizer
-    for note in notes:
-        print(note, file=sys.stderr)
     print(f"BPE of {tok.vocab_size} tokens (256 bytes + {len(tok.merges)} merges), learned from the train split")
     print("its first merges: " + ", ".join(repr(_token_text(tok, 256 + i)) for i in range(min(8, len(tok.merges)))))
     longest = sorted(range(256, tok.vocab_size), key=lambda i: (-len(tok.token_bytes(i)), i))[:5]

@@ -306,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         corpus = prepare(args.data, args.tokenizer, args.vocab_size, args.val_fraction, log=print)
         for name, ids, chars in (("train", corpus.train, corpus.train_chars), ("val", corpus.val, corpus.val_chars)):
             print(f"{name}: {chars:,} characters, {len(ids):,} tokens ({chars / max(len(ids), 1):.2f} characters "
-                  f"per token) in {getattr(ids, 'filename', None) or 'memory'}")
-        print(f"vocabulary: {corpus.tokenizer.vocab_size} tokens ({corpus.tokenizer.dtype.name} ids)")
+                  "per token)")
+        where = Path(corpus.train.filename).parent if isinstance(corpus.train, np.memmap) else "memory"
+        print(f"vocabulary: {corpus.tokenizer.vocab_size} tokens ({corpus.tokenizer.dtype.name} ids); ids in {where}")
     return exit_status(run)
 
 

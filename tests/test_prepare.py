@@ -225,3 +225,20 @@ def test_stop_is_found_inside_a_token_and_across_tokens():
     assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "be", "to ")) == " not to be"
     chars = CharTokenizer("abc")
     assert "".join(sample._text_pieces(chars, _Tokens([0, 1, 2, 0]), "ca", "")) == "abca"
+
+
+@pytest.mark.parametrize("merges, message", [([[0, 999]], "does not exist before it"),
+                                             ([[97, 98], [97, 98]], "duplicate"),
+                                             ("nonsense", "merges")])
+def test_a_checkpoint_whose_tokenizer_was_tampered_with_is_a_one_line_error(corpus, tmp_path, capsys, merges, message):
+    from gpt.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    assert train.main([str(a) for a in ["--data", corpus, "--out-dir", out, "--tokenizer", "bpe", "--vocab-size",
+                                        "300", "--max-iters", "1", *TINY]]) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    save_checkpoint(out / "ckpt.npz", arrays, {**meta, "tokenizer": json.dumps({"type": "bpe", "merges": merges})})
+    capsys.readouterr()
+    assert sample.main(["--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no usable config or tokenizer" in err and message in err and "\n" not in err
