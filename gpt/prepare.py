@@ -183,7 +183,7 @@ class Preparer:
             from tqdm import tqdm
 
             bar = tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True, desc=what,
-                       file=sys.stderr, leave=False)
+                       file=sys.stderr, leave=False, disable=None)  # (None: shown on a terminal, not in a log)
         try:
             yield from read_pieces(self.path, start, stop, bar.update if bar is not None else lambda n: None)
         finally:
@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         check_tokenizer_settings(args.tokenizer, args.vocab_size, args.val_fraction)
-        corpus = prepare(args.data, args.tokenizer, args.vocab_size, args.val_fraction, log=print)
+        corpus = prepare(args.data, args.tokenizer, args.vocab_size, args.val_fraction,
+                         log=lambda note: print(note, file=sys.stderr))
         for name, ids, chars in (("train", corpus.train, corpus.train_chars), ("val", corpus.val, corpus.val_chars)):
             print(f"{name}: {chars:,} characters, {len(ids):,} tokens ({chars / max(len(ids), 1):.2f} characters "
                   "per token)")
