@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from gpt.bpe import ENCODING_ERRORS, N_BYTES, split_chunks, train_merges  # noqa: E402
+from gpt.bpe import N_BYTES, BPETokenizer  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.prepare import prepare  # noqa: E402
 from gpt.run import PRESETS  # noqa: E402
@@ -49,10 +49,9 @@ BLOCK_TOKENS = 256  # the block of the lecture's final model
 
 
 def tokenizer_seconds(text: str, vocab_size: int) -> float:
-    """Time to learn the merges from the text's chunk counts (the counting included)."""
+    """Time to learn the merges from the text (splitting and counting its chunks included)."""
     t0 = time.perf_counter()
-    counts = Counter(split_chunks(text))
-    train_merges({chunk.encode("utf-8", ENCODING_ERRORS): n for chunk, n in counts.items()}, vocab_size - N_BYTES)
+    BPETokenizer.train(text, vocab_size)
     return time.perf_counter() - t0
 
 
@@ -193,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.data:  # the runs start in the repository: a path relative to here must still name the file
+        args.data = str(Path(args.data).resolve())
+    os.chdir(REPO)  # (the default corpus is data/tinyshakespeare/input.txt there, for this process and the runs)
 
     def run() -> None:
         if min(args.max_iters, args.eval_interval, args.timing_steps, args.rounds) <= 0:

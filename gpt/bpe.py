@@ -80,6 +80,12 @@ def _merge_pair(ids: list[int], a: int, b: int, new: int) -> list[int]:
     return out
 
 
+def chunk_counts(chunks: Iterable[str]) -> dict[bytes, int]:
+    """How often each distinct chunk occurs, as the UTF-8 bytes train_merges takes. (Counting
+    the strs first is done in C; distinct strs have distinct bytes, so no two entries merge.)"""
+    return {chunk.encode("utf-8", ENCODING_ERRORS): n for chunk, n in Counter(chunks).items()}
+
+
 def train_merges(chunk_counts: dict[bytes, int], n_merges: int) -> list[tuple[int, int]]:
     """Up to n_merges merges learned from chunks (as bytes) and their frequencies.
 
@@ -180,10 +186,7 @@ class BPETokenizer:
         vocab_size with what they asked for.
         """
         _check_vocab_size(vocab_size)
-        # count the str chunks (Counter counts in C), then encode each distinct one once:
-        # distinct strs have distinct UTF-8 bytes, so no two entries merge
-        chunk_counts = {chunk.encode("utf-8", ENCODING_ERRORS): n for chunk, n in Counter(split_chunks(text)).items()}
-        return cls(train_merges(chunk_counts, vocab_size - N_BYTES))
+        return cls(train_merges(chunk_counts(split_chunks(text)), vocab_size - N_BYTES))
 
     @property
     def vocab_size(self) -> int:

@@ -27,18 +27,19 @@ import hashlib
 import json
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .bpe import ENCODING_ERRORS, N_BYTES, BPETokenizer, split_chunks, train_merges
+from .bpe import N_BYTES, BPETokenizer, chunk_counts, split_chunks, train_merges
 from .data import DEFAULT_CORPUS, TokenDataset, download_shakespeare
 from .errors import UserError, exit_status
 from .fileio import atomic_write
-from .tokenizer import CharTokenizer
+from .tokenizer import CharTokenizer, UnknownCharacters
 
 Tokenizer = CharTokenizer | BPETokenizer
 READ_BYTES = 1 << 22  # 4 MiB of the file at a time: a piece's chunks and ids stay in the tens of MB
@@ -81,11 +82,12 @@ def read_pieces(path: Path, start: int = 0, stop: int | None = None,
         with open(path, "rb") as f:
             while stop is None or position < stop:
                 raw = f.read(READ_BYTES)
+                held = len(decoder.getstate()[0])  # bytes of a character the last read cut in two
                 try:
                     piece = decoder.decode(raw, final=not raw)
                 except UnicodeDecodeError as exc:
                     raise UserError(f"data file {path} is not UTF-8 text (invalid byte at offset "
-                                    f"{offset + exc.start})") from None
+                                    f"{offset - held + exc.start})") from None
                 offset += len(raw)
                 progress(len(raw))
                 lo, hi = max(start - position, 0), len(piece) if stop is None else min(stop - position, len(piece))
@@ -147,6 +149,7 @@ class PreparedCorpus:
     train_chars: int
     val_chars: int
     source: Path
+    scratch: Any = None  # a temporary directory that holds the ids, kept as long as they are read
 
     def dataset(self) -> TokenDataset:
         return TokenDataset(self.tokenizer, self.train, self.val)
@@ -158,22 +161,34 @@ class Preparer:
     def __init__(self, path: Path, val_fraction: float, log: Callable[[str], None] = print,
                  show_progress: bool = True):
         self.path, self.val_fraction, self.log, self.show_progress = path, val_fraction, log, show_progress
+        self.version = self._file_version()
         self.digest = file_digest(path)
-        self.root = self._cache_root()
+        self.root = path.parent / "tokenized" / self.digest[:16]  # read from here; written here if it can be
+        self._scratch: tempfile.TemporaryDirectory | None = None
         self._n_chars: int | None = None
 
-    def _cache_root(self) -> Path:
-        """<corpus dir>/tokenized/<digest>/; a temporary directory where that cannot be written
-        (a read-only corpus), removed when the process ends."""
-        root = self.path.parent / "tokenized" / self.digest[:16]
+    def _file_version(self) -> tuple[int, int]:
+        stat = self.path.stat()
+        return stat.st_size, stat.st_mtime_ns
+
+    def _check_unchanged(self) -> None:
+        """What was read since the hash is the text the hash names: a file edited meanwhile
+        would put another text's ids under this one's key."""
+        if self._file_version() != self.version:
+            raise UserError(f"data file {self.path} changed while it was being tokenized: run again")
+
+    def _write_root(self) -> Path:
+        """Where new cache files go: self.root, or, where that cannot be written (a read-only
+        corpus directory), a temporary directory kept for this run only."""
+        if self._scratch is not None:
+            return Path(self._scratch.name)
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=root):
-                pass
-            return root
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                return self.root
         except OSError:
             self._scratch = tempfile.TemporaryDirectory(prefix="gpt-tokenized-")
-            self.log(f"note: {root.parent} cannot be written; the tokenized corpus is kept in "
+            self.log(f"note: {self.root.parent} cannot be written; the tokenized corpus is kept in "
                      f"{self._scratch.name} for this run only")
             return Path(self._scratch.name)
 
@@ -203,8 +218,9 @@ class Preparer:
         return int(self.n_chars * (1 - self.val_fraction))
 
     def tokenizer(self, kind: str, vocab_size: int | None) -> Tokenizer:
-        """The tokenizer of these settings: from the cache, or built and cached."""
-        name = "char" if kind == "char" else f"bpe-{vocab_size}"
+        """The tokenizer of these settings: from the cache, or built and cached. A BPE is
+        learned from the train split, so its name holds the split too."""
+        name = "char" if kind == "char" else f"bpe-{vocab_size}-val{self.val_fraction!r}"
         path = self.root / f"{name}.tokenizer.json"
         if path.exists():
             try:
@@ -220,16 +236,15 @@ class Preparer:
             tokenizer: Tokenizer = CharTokenizer(chars)
         else:
             tokenizer = self._train_bpe(vocab_size)
-        atomic_write(path, lambda f: f.write(tokenizer.to_json().encode()))
+        self._check_unchanged()
+        atomic_write(self._write_root() / path.name, lambda f: f.write(tokenizer.to_json().encode()))
         return tokenizer
 
     def _train_bpe(self, vocab_size: int) -> BPETokenizer:
-        counts: Counter[str] = Counter()
-        for chunk_texts in chunk_stream(self._pieces(0, self.n_train(), "counting the train split's chunks")):
-            counts.update(chunk_texts)
-        chunk_counts = {chunk.encode("utf-8", ENCODING_ERRORS): n for chunk, n in counts.items()}
-        self.log(f"training a BPE of {vocab_size} tokens on {len(chunk_counts):,} distinct chunks")
-        tokenizer = BPETokenizer(train_merges(chunk_counts, vocab_size - N_BYTES))
+        pieces = self._pieces(0, self.n_train(), "counting the train split's chunks")
+        counts = chunk_counts(chain.from_iterable(chunk_stream(pieces)))
+        self.log(f"training a BPE of {vocab_size} tokens on {len(counts):,} distinct chunks")
+        tokenizer = BPETokenizer(train_merges(counts, vocab_size - N_BYTES))
         if tokenizer.vocab_size < vocab_size:
             self.log(f"note: the train split has pairs for {tokenizer.vocab_size} tokens only, not {vocab_size}: "
                      f"every chunk is one token")
@@ -238,15 +253,21 @@ class Preparer:
     def ids(self, tokenizer: Tokenizer) -> PreparedCorpus:
         """Both splits encoded with tokenizer: from the cache, or encoded and cached."""
         key = hashlib.sha256(tokenizer.to_json().encode()).hexdigest()[:16]
-        directory = self.root / f"ids-{key}-val{self.val_fraction!r}"
+        name = f"ids-{key}-val{self.val_fraction!r}"
+        directory = self.root / name
         meta = self._read_meta(directory, tokenizer)
         if meta is None:
-            meta = self._encode(directory, tokenizer)
-        splits = {name: np.memmap(directory / f"{name}.bin", dtype=tokenizer.dtype, mode="r",
-                                  shape=(meta[f"{name}_tokens"],)) if meta[f"{name}_tokens"] else
-                  np.zeros(0, tokenizer.dtype) for name in ("train", "val")}
+            directory = self._write_root() / name
+            try:
+                meta = self._encode(directory, tokenizer)
+            except UserError:  # (characters the vocabulary lacks, say, because the file changed)
+                self._check_unchanged()
+                raise
+        splits = {split: np.memmap(directory / f"{split}.bin", dtype=tokenizer.dtype, mode="r",
+                                   shape=(meta[f"{split}_tokens"],)) if meta[f"{split}_tokens"] else
+                  np.zeros(0, tokenizer.dtype) for split in ("train", "val")}
         return PreparedCorpus(tokenizer, splits["train"], splits["val"], meta["train_chars"], meta["val_chars"],
-                              self.path)
+                              self.path, self._scratch)
 
     def _read_meta(self, directory: Path, tokenizer: Tokenizer) -> dict | None:
         """The cached ids' description, where every file is whole; None where it must be built."""
@@ -278,6 +299,7 @@ class Preparer:
                     tokens += len(ids)
             atomic_write(directory / f"{name}.bin", write)
             meta[f"{name}_tokens"] = tokens
+        self._check_unchanged()
         atomic_write(directory / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
         return meta
 
@@ -288,7 +310,13 @@ def prepare(data: str | Path | None, tokenizer: str = "char", vocab_size: int | 
     """The corpus of --data split, tokenized and cached (see the module docstring). A resumed
     run passes its checkpoint's tokenizer, and the text is encoded with that one."""
     preparer = Preparer(corpus_path(data), val_fraction, log, show_progress)
-    return preparer.ids(saved_tokenizer or preparer.tokenizer(tokenizer, vocab_size))
+    if saved_tokenizer is None:
+        return preparer.ids(preparer.tokenizer(tokenizer, vocab_size))
+    try:
+        return preparer.ids(saved_tokenizer)
+    except UnknownCharacters as exc:
+        raise UserError(f"the run's character vocabulary, fixed when it started, cannot encode {preparer.path} "
+                        f"({exc}): was the text changed? resume with the text it was trained on") from None
 
 
 def main(argv: list[str] | None = None) -> int:

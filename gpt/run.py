@@ -340,7 +340,7 @@ def _way_forward(damaged: Path, resuming: bool) -> str:
     best = damaged.name == checkpoint_path(damaged.parent, best=True).name
     other = checkpoint_path(damaged.parent, best=not best)
     try:
-        step = load_checkpoint(other)[1].get("step")
+        step = _load_run(other, "cpu")[3].get("step")
     except UserError:  # missing or damaged too
         return "start the run over with --overwrite" if resuming else "its run has no other usable checkpoint"
     intact = f"{other} (step {step}) is intact"

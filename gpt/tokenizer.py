@@ -16,6 +16,10 @@ from .errors import UserError
 MAX_LISTED = 20  # unknown characters named in an error message, at most
 
 
+class UnknownCharacters(UserError):
+    """A text holds characters that the vocabulary lacks."""
+
+
 def smallest_uint(n: int) -> np.dtype:
     """The smallest unsigned integer dtype that holds the ids 0 .. n-1 (1 byte per token for
     a vocabulary of up to 256 characters, so a 1 MB corpus takes 1 MB as ids)."""
@@ -71,7 +75,7 @@ class CharTokenizer:
             unknown = [chr(c) for c in np.unique(codepoints[~found])]
             listed = ", ".join(repr(c) for c in unknown[:MAX_LISTED])
             more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
-            raise UserError(f"characters not in the vocabulary: {listed}{more}")
+            raise UnknownCharacters(f"characters not in the vocabulary: {listed}{more}")
         return ids.astype(self.dtype)
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:

@@ -110,7 +110,7 @@ def test_a_second_run_reads_the_cache_and_a_damaged_cache_is_built_again(corpus,
     np.testing.assert_array_equal(prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append,
                                                show_progress=False).val, first.val)
     monkeypatch.undo()
-    (tokenizer_json,) = (corpus.parent / "tokenized").glob("*/bpe-300.tokenizer.json")
+    (tokenizer_json,) = (corpus.parent / "tokenized").glob("*/bpe-300-val0.1.tokenizer.json")
     tokenizer_json.write_text('{"type": "bpe", "merges": [[0, 999]]}')  # tampered: an id not made yet
     assert prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append, show_progress=False).tokenizer.merges \
         == first.tokenizer.merges
@@ -223,6 +223,7 @@ def test_stop_is_found_inside_a_token_and_across_tokens():
     assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "o", "")) == " no"
     assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "to b", "")) == " not to b"
     assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "be", "to ")) == " not to be"
+    assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "e not", "to be")) == " not"  # from the prompt
     chars = CharTokenizer("abc")
     assert "".join(sample._text_pieces(chars, _Tokens([0, 1, 2, 0]), "ca", "")) == "abca"
 
@@ -242,3 +243,58 @@ def test_a_checkpoint_whose_tokenizer_was_tampered_with_is_a_one_line_error(corp
     assert sample.main(["--out-dir", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "has no usable config or tokenizer" in err and message in err and "\n" not in err
+
+
+def test_a_bpe_learned_from_one_split_is_not_reused_for_another(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("ab ab ab cd cd\n" * 50 + "zyxwv " * 40)  # "zyxwv" only in the last part
+    wide_val = prep.prepare(path, "bpe", 300, 0.5, log=lambda m: None, show_progress=False)
+    prep.prepare(path, "bpe", 300, 0.05, log=lambda m: None, show_progress=False)  # learns "zyxwv"
+    again = prep.prepare(path, "bpe", 300, 0.5, log=lambda m: None, show_progress=False)
+    assert again.tokenizer.merges == wide_val.tokenizer.merges
+    assert len(again.tokenizer.encode("zyxwv")) == 5  # never learned from the val split
+
+
+def test_an_invalid_byte_is_named_at_its_offset_when_a_read_cuts_a_character(tmp_path, small_reads):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"abcdef\xc3\xff rest")  # the 7-byte read ends inside a 2-byte character
+    with pytest.raises(UserError, match=r"invalid byte at offset 6\)"):
+        prep.prepare(path, "char", None, 0.1, log=lambda m: None, show_progress=False)
+
+
+def test_a_corpus_changed_while_it_is_tokenized_is_not_cached_under_the_old_hash(corpus, monkeypatch):
+    original = prep.Preparer.n_train
+
+    def edit_then_count(self):  # the file changes after it was hashed
+        corpus.write_text(corpus.read_text() + "changed!\n")
+        return original(self)
+
+    monkeypatch.setattr(prep.Preparer, "n_train", edit_then_count)
+    with pytest.raises(UserError, match="changed while it was being tokenized"):
+        prep.prepare(corpus, "char", None, 0.1, log=lambda m: None, show_progress=False)
+    assert not list((corpus.parent / "tokenized").glob("*/ids-*/meta.json"))
+
+
+def test_a_whole_cache_is_read_where_it_cannot_be_written(corpus, monkeypatch):
+    first = prep.prepare(corpus, "bpe", 300, 0.1, log=lambda m: None, show_progress=False)
+
+    def no_writing(*args, **kwargs):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(prep.tempfile, "TemporaryFile", no_writing)  # (how _write_root probes)
+    monkeypatch.setattr(prep, "train_merges", no_writing)
+    notes = []
+    again = prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append, show_progress=False)
+    assert notes == [] and again.scratch is None
+    np.testing.assert_array_equal(again.train, first.train)
+
+
+def test_resuming_on_a_changed_corpus_says_the_vocabulary_is_the_runs(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([str(a) for a in ["--data", corpus, "--out-dir", out, "--max-iters", "1", *TINY]]) == 0
+    corpus.write_text(corpus.read_text() + "ZZZ qq\n")
+    capsys.readouterr()
+    assert train.main([str(a) for a in ["--out-dir", out, "--resume", "--max-iters", "2"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the run's character vocabulary, fixed when it started, cannot encode" in err and "'Z'" in err
+    assert "\n" not in err
