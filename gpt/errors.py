@@ -46,18 +46,20 @@ def exit_status(run: Callable[[], object], interrupted: str = "interrupted", ran
         return 1
     except (UserError, OSError, MemoryError, KeyboardInterrupt) as exc:
         status, message = _status(exc, interrupted)
-        alone = ranks > 1 and not getattr(exc, "every_rank", False)
-        if alone and not isinstance(exc, KeyboardInterrupt):  # (mpiexec sends a Ctrl-C to every rank)
-            message += f" (rank {rank} of {ranks})"
-        if rank == 0 or (alone and not isinstance(exc, KeyboardInterrupt)):
+        if ranks == 1 or getattr(exc, "every_rank", False):  # every rank stops here: rank 0 says why
+            if rank == 0:
+                print(message, file=sys.stderr)
+            return status
+        # this rank alone says so (but a Ctrl-C, which mpiexec gives every rank, is rank 0's to report)
+        if not isinstance(exc, KeyboardInterrupt):
+            print(f"{message} (rank {rank} of {ranks})", file=sys.stderr)
+        elif rank == 0:
             print(message, file=sys.stderr)
-        if alone:
-            _stop_now(status)
-        return status
+        _stop_now(status)
     except Exception:
         if ranks == 1:
             raise
-        traceback.print_exc()
+        traceback.print_exc()  # a bug, on this rank alone
         print(f"(rank {rank} of {ranks})", file=sys.stderr)
         _stop_now(1)
     return 0
