@@ -273,6 +273,8 @@ def _fit(config: TrainConfig, device: str, dataset: TokenDataset, resume_meta: d
             raise UserError(f"could not write {path} ({exc.strerror or exc}); "
                             "the checkpoint there before, if any, is intact") from None
 
+    if device != "cpu":  # dropout's masks on a GPU: a stream per rank, from the step the run starts at
+        nanograd.manual_seed(dropout_seed(config.seed, state["step"], world.rank))
     tokens_per_step = config.batch_size * config.block_size
     grad_norm = float("nan")
     evaluated_step = row.get("step")  # resumed right after an evaluation: not again at that step
@@ -336,7 +338,7 @@ def _fit(config: TrainConfig, device: str, dataset: TokenDataset, resume_meta: d
 
             t0 = time.perf_counter()
             optimizer.lr = lr_at(config, step)
-            if config.dropout:  # its masks: a stream per step and rank, which a resumed run draws again
+            if config.dropout and device == "cpu":  # its masks: a stream per step and rank (see dropout_seed)
                 nanograd.manual_seed(dropout_seed(config.seed, step, world.rank))
             x, y = dataset.get_batch("train", config.batch_size, config.block_size, batch_rng)
             loss_value, grad_norm = train_step(model, optimizer, world, x, y, config, device)
@@ -366,9 +368,11 @@ def _fit(config: TrainConfig, device: str, dataset: TokenDataset, resume_meta: d
 
 
 def dropout_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of dropout's generator at a step on a rank: one stream per (seed, step, rank),
-    so that the ranks draw different masks, and a run resumed at any step draws the masks
-    that the uninterrupted run drew (on the GPU too, whose generator state is not saved)."""
+    """The seed of dropout's generator at a step on a rank, one stream per (seed, step, rank):
+    the ranks draw different masks, and on the CPU, where the trainer reseeds at every step
+    (a new NumPy generator is cheap), a run resumed at any step draws the masks that the
+    uninterrupted run drew. A GPU's generator is seeded once, where the run starts (a new
+    CuPy generator sets up a state per GPU thread), so its masks after a resume differ."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
