@@ -268,7 +268,7 @@ def cost(args: argparse.Namespace) -> None:
 
 def profile(args: argparse.Namespace) -> None:
     """Forward and backward of one preset batch, timed op by op. In this one process: the
-    trainer's worker processes would run their ops where this one cannot time them."""
+    trainer's other processes (MPI ranks) would run their ops where this one cannot time them."""
     nanograd.backend.keep_freed_memory()  # as the trainer does: no page faults for each new array
     config = TrainConfig(preset=args.preset, **PRESETS[args.preset])
     nanograd.manual_seed(args.seed)

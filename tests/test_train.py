@@ -431,7 +431,7 @@ def test_bad_checkpoints_and_prompts_get_one_line_errors(text_file, tmp_path, ca
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # the loop's overflows warn of nothing
 def test_diverging_loss_stops_with_the_last_good_checkpoint(text_file, tmp_path, capfd):
-    """One line, and only that: capfd also catches what the worker process writes to stderr."""
+    """One line, and only that: capfd also catches what the second rank (under mpiexec) writes to stderr."""
     out = tmp_path / "run"
     code = run_train("--data", text_file, "--out-dir", out, "--max-iters", "50", "--eval-interval", "100",
                      "--lr", "1e30", "--warmup-iters", "0", "--grad-clip", "0", *TINY, "--workers", "2")
