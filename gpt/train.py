@@ -95,10 +95,11 @@ def estimate_loss(model: Any, world: World, batches: list[tuple[np.ndarray, np.n
 
 
 def micro_batches(x: np.ndarray, y: np.ndarray, world: World, grad_accum: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """This rank's share of the batch (B, T): its rows, the shares of the ranks as even as B
-    splits, cut into grad_accum micro-batches (as even again; empty ones left out)."""
-    share = np.array_split(np.arange(len(x)), world.size)[world.rank]
-    return [(x[rows], y[rows]) for rows in np.array_split(share, grad_accum) if len(rows)]
+    """This rank's share of the batch (B, T), rows lo to hi (the ranks' shares as even as B
+    splits), cut into grad_accum micro-batches (as even again; empty ones left out)."""
+    lo, hi = len(x) * world.rank // world.size, len(x) * (world.rank + 1) // world.size
+    edges = [lo + (hi - lo) * i // grad_accum for i in range(grad_accum + 1)]
+    return [(x[a:b], y[a:b]) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 def train_step(model: Any, optimizer: optim.AdamW, world: World, x: np.ndarray, y: np.ndarray,
@@ -115,7 +116,8 @@ def train_step(model: Any, optimizer: optim.AdamW, world: World, x: np.ndarray, 
     loss_sum = 0.0
     for x_micro, y_micro in micro_batches(x, y, world, config.grad_accum):
         logits, loss = model(backend.to_device(x_micro, device), backend.to_device(y_micro, device))
-        loss = loss * (len(x_micro) / len(x))  # its share of the batch's mean loss
+        if len(x_micro) < len(x):  # a part of the batch: its share of the batch's mean loss
+            loss = loss * (len(x_micro) / len(x))
         loss.backward()
         loss_sum += loss.item()
     world.all_reduce_gradients(model.parameters())  # summed over the ranks (one process: as they are)
