@@ -16,7 +16,6 @@ import numpy as np
 
 from gpt.errors import UserError
 from nanograd import backend
-from nanograd.parallel import default_workers
 
 TORCH_MISSING = "PyTorch is not installed: nanograd only (pip install -e '.[bench]' for the comparison)"
 
@@ -32,7 +31,7 @@ def torch_or_none() -> ModuleType | None:
 
 def blas_threads() -> int:
     """How many threads NumPy's BLAS uses: PyTorch is given the same number, for a fair race."""
-    return default_workers()
+    return backend.blas_threads()
 
 
 def setup_torch(device: str) -> ModuleType | None:
@@ -97,7 +96,7 @@ SETTLE_S = 0.5  # see alternate
 
 
 def alternate(fns: dict[str, Callable[[], object]], rounds: int, calls: int,
-              device: str = "cpu") -> dict[str, float]:
+              device: str = "cpu", wait: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Median seconds per call of each function, timed in turns (round 1: a, b; round 2: a, b;
     ...) so that drift in the machine's speed (other load, clock changes) hits all alike.
 
@@ -105,11 +104,14 @@ def alternate(fns: dict[str, Callable[[], object]], rounds: int, calls: int,
     while after their last call (OpenBLAS about 0.1 s, OpenMP less), and without the pause
     they take the cores from the start of the other implementation's round. Measured here:
     PyTorch's baby step took 40 ms right after nanograd's rounds with a two-thread OpenBLAS,
-    and 30 ms after rounds that left no thread spinning.
+    and 30 ms after rounds that left no thread spinning. wait() runs before that pause: the
+    ranks of an MPI run wait there for each other (World.barrier), so that none starts a
+    round while rank 0 is still timing PyTorch alone.
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            wait()
             time.sleep(SETTLE_S)
             times[name].append(time_calls(fn, calls, device))
     return {name: statistics.median(t) for name, t in times.items()}

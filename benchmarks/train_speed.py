@@ -8,7 +8,9 @@
 
 A step is forward, backward, gradient clipping and an AdamW update, timed after warm-up. The
 two implementations take turns (--rounds rounds of --steps steps each) and the median round
-is reported, so a change in the machine's speed during the run hits both alike.
+is reported, so a change in the machine's speed during the run hits both alike. nanograd
+runs on as many processes as gpt.train would (under mpiexec, which the script starts itself
+as the trainer does); rank 0 times the steps, and runs PyTorch alone while the others wait.
 
 MFU (model FLOPs utilisation) = model FLOPs per second / the float32 matmul peak measured at
 the start of the same run. Model FLOPs per token = 6 N + 12 L C T: N parameters without the
@@ -45,11 +47,12 @@ from common import (  # noqa: E402
 )
 
 import nanograd  # noqa: E402
+from gpt import ranks  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.run import PRESETS, TrainConfig, build_model, check_memory, memory_lower_bound, parameter_groups  # noqa: E402
 from gpt.train import train_step  # noqa: E402
-from nanograd import optim  # noqa: E402
-from nanograd.parallel import DataParallel, SharedMemoryTooSmall  # noqa: E402
+from nanograd import backend, distributed, optim  # noqa: E402
+from nanograd.distributed import World  # noqa: E402
 
 VOCAB = 65  # tiny shakespeare's characters; the batches are random ids, speed does not care
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "workers")
@@ -86,25 +89,22 @@ def random_batch(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, VOCAB, shape), rng.integers(0, VOCAB, shape)
 
 
-def nanograd_trainer(config: TrainConfig) -> tuple[Any, DataParallel, Step]:
-    """(model, its DataParallel, one training step) for nanograd on config.device: gpt.train's
-    own train_step."""
+def nanograd_trainer(config: TrainConfig, world: World) -> tuple[Any, Step]:
+    """(model, one training step) for nanograd on config.device: gpt.train's own train_step, on
+    this rank's share of the batch."""
     if config.device == "cpu":  # a one-line refusal, as gpt.train gives, rather than filling the memory
-        check_memory(memory_lower_bound(config, VOCAB, training=True), "training this model")
+        ranks.together(world, lambda: check_memory(
+            memory_lower_bound(config, VOCAB, training=True, processes=world.local_size), "training this model"))
     nanograd.manual_seed(0)
     model = build_model(config, VOCAB).to(config.device)
     # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
     opt = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
-    try:
-        parallel = DataParallel(model, config.data_parallel_workers(), opt)
-    except SharedMemoryTooSmall as exc:
-        raise UserError(f"{exc} (--workers 1 needs none)") from None
     x, y = random_batch(config)
 
     def step() -> None:
-        train_step(parallel, opt, x, y, config, config.device)
+        train_step(model, opt, world, x, y, config, config.device)
 
-    return model, parallel, step
+    return model, step
 
 
 def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = None,
@@ -137,23 +137,28 @@ def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = 
     return step
 
 
-def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: ModuleType | None) -> list[dict]:
-    """One result row per implementation for this configuration (the JSON objects of --json)."""
-    model, parallel, ours = nanograd_trainer(config)
+def measure(config: TrainConfig, args: argparse.Namespace, peak: float, torch: ModuleType | None,
+            with_torch: bool, world: World) -> list[dict]:
+    """One result row per implementation for this configuration (the JSON objects of --json),
+    on rank 0 (none on the others); every rank takes part in nanograd's steps, and rank 0 alone
+    in PyTorch's (torch, given there: with_torch on every rank)."""
+    model, ours = nanograd_trainer(config, world)
     steps = {"nanograd": ours}
-    if torch is not None:
-        steps["torch"] = torch_trainer(torch, config, model, args.torch_counts)
+    if with_torch:  # (the other ranks wait meanwhile)
+        steps["torch"] = torch_trainer(torch, config, model, args.torch_counts) if world.rank == 0 else lambda: None
     for step in steps.values():  # warm-up: the first calls allocate memory and fill caches
         for _ in range(args.warmup):
             step()
-    seconds = alternate(steps, args.rounds, args.steps, config.device)
+    seconds = alternate(steps, args.rounds, args.steps, config.device, wait=world.barrier)
+    if world.rank != 0:
+        return []
     flops = model_flops_per_step(config, model.num_parameters())
     tokens = config.batch_size * config.block_size
     rows = [{"preset": config.preset, "impl": impl, "ms_per_step": round(s * 1e3, 3),
              "tokens_per_s": round(tokens / s, 1), "mfu": round(flops / s / peak, 4),
              "batch_size": config.batch_size, "block_size": config.block_size, "n_embd": config.n_embd,
              "n_layer": config.n_layer, "n_head": config.n_head, "device": config.device,
-             "threads": blas_threads(), "nanograd_workers": parallel.workers, "steps": args.steps,
+             "threads": args.threads, "nanograd_workers": world.size, "steps": args.steps,
              "rounds": args.rounds}
             for impl, s in seconds.items()]
     if torch is not None:
@@ -182,30 +187,21 @@ def print_row(rows: list[dict]) -> None:
     print(line, flush=True)
 
 
-def memory_child(config: TrainConfig, impl: str, steps: int, bigram_counts: bool) -> None:
-    """In a fresh process: print the peak RSS (KiB on Linux) after the imports, after `steps`
-    training steps, and of nanograd's worker processes together (0 if none). Only this
-    implementation's libraries are imported, so nothing else counts."""
+def memory_child(config: TrainConfig, impl: str, steps: int, bigram_counts: bool, world: World) -> None:
+    """In a fresh process (nanograd: each rank of a fresh MPI job): print the peak RSS (KiB on
+    Linux) after the imports and after `steps` training steps, each summed over the ranks, and
+    the number of ranks. Only this implementation's libraries are imported, so nothing else
+    counts."""
     torch = setup_torch(config.device) if impl == "torch" else None
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if torch is not None:
-        step, workers = torch_trainer(torch, config, bigram_counts=bigram_counts), []
-    else:
-        _, parallel, step = nanograd_trainer(config)
-        workers = parallel.worker_pids
+    step = torch_trainer(torch, config, bigram_counts=bigram_counts) if torch is not None else \
+        nanograd_trainer(config, world)[1]
     for _ in range(steps):
         step()
-    print(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sum(map(peak_rss_kib, workers)))
-
-
-def peak_rss_kib(pid: int) -> int:
-    """A process's own peak RSS (VmHWM, Linux; 0 elsewhere). Not ru_maxrss: a spawned process
-    inherits its parent's high-water mark in that, through exec."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline, peak = world.sum(baseline), world.sum(peak)
+    if world.rank == 0:
+        print(int(baseline), int(peak), world.size)
 
 
 def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
@@ -225,15 +221,14 @@ def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
             if child.returncode == 2 and last.startswith("error: "):  # its one-line error (sizes too large...)
                 raise UserError(f"measuring {impl}'s memory failed: {last.removeprefix('error: ')}")
             raise RuntimeError(f"measuring {impl}'s memory failed (exit status {child.returncode}):\n{child.stderr}")
-        out = child.stdout
-        baseline, peak, workers = (int(v) / scale for v in out.split())
+        baseline, peak, processes = (int(v) for v in child.stdout.split())
+        baseline, peak = baseline / scale, peak / scale
         row = {"preset": args.preset, "impl": impl, "steps": args.steps, "device": args.device,
-               "peak_rss_mib": round(peak + workers, 1), "after_imports_rss_mib": round(baseline, 1),
-               "worker_processes_rss_mib": round(workers, 1)}
+               "peak_rss_mib": round(peak, 1), "after_imports_rss_mib": round(baseline, 1), "processes": processes}
         print(json.dumps(row) if args.json else
-              f"{impl:>9}: peak RSS {peak + workers:7.1f} MiB ({baseline:.1f} MiB after imports, "
+              f"{impl:>9}: peak RSS {peak:7.1f} MiB ({baseline:.1f} MiB after imports, "
               f"{peak - baseline:+.1f} MiB for the model and {args.steps} steps"
-              + (f", {workers:.1f} MiB in worker processes)" if workers else ")"))
+              + (f", summed over {processes} processes)" if processes > 1 else ")"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -269,33 +264,72 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--torch-counts changes the PyTorch twin of the bigram: use it with --preset bigram, "
                         "without --sweep or --no-torch")
 
-    if args.memory_child:
-        return memory_child(config, args.memory_child, args.steps, args.torch_counts)
     if args.memory:
         return measure_memory(args, argv)
-
-    torch = None if args.no_torch else setup_torch(args.device)
-    peak = matmul_peak_flops(args.device)
-    configs = [config]
     if args.sweep:
-        configs = [config_for(args, block_size=t, n_embd=c, n_head=c // 32, n_layer=4,
-                              batch_size=max(1, SWEEP_TOKENS // t))
-                   for t in SWEEP_BLOCKS for c in SWEEP_WIDTHS]
-    if not args.json:
-        print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {args.device}, BLAS threads: {blas_threads()}"
+        return sweep(args, argv)
+    workers = config.data_parallel_workers()
+    if not distributed.launched_by_mpi() and args.memory_child != "torch" and workers > 1:
+        mpiexec = ranks.find_mpiexec()
+        if mpiexec is not None:  # this command again, as `workers` ranks (as gpt.train starts itself)
+            raise SystemExit(ranks.run_under_mpiexec(mpiexec, workers, [sys.executable, __file__, *argv],
+                                                     "the measurement did not finish"))
+        print(ranks.NO_MPI, file=sys.stderr)
+    world = distributed.world()
+    if args.memory_child:
+        limit_blas_threads(world)
+        return memory_child(config, args.memory_child, args.steps, args.torch_counts, world)
+
+    # rank 0 measures the machine's peak and sets PyTorch up with every core, the others waiting
+    args.threads = blas_threads()
+    torch = None if args.no_torch or world.rank != 0 else setup_torch(args.device)
+    peak = world.broadcast(matmul_peak_flops(args.device) if world.rank == 0 else None)
+    limit_blas_threads(world)
+    if not args.json and world.rank == 0:
+        print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {args.device}, BLAS threads: {args.threads}"
+              + (f", nanograd processes: {world.size}" if world.size > 1 else "")
               + (f", torch {torch.__version__}" if torch is not None else "")
               + (", torch's bigram loss from counts (--torch-counts)" if args.torch_counts else ""))
         print_header(torch is not None)
-    for cfg in configs:
-        rows = measure(cfg, args, peak, torch)
-        if args.json:
-            for row in rows:
-                print(json.dumps(row), flush=True)
-        else:
+    rows = measure(config, args, peak, torch, world.broadcast(torch is not None), world)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+    elif rows:
+        print_row(rows)
+        if torch is not None:
+            print("ratio: nanograd tokens/s / torch tokens/s (above 1: nanograd is faster)")
+
+
+def limit_blas_threads(world: World) -> None:
+    """As gpt.train does: the ranks that share a machine share its cores."""
+    if world.local_size > 1:
+        backend.limit_blas_threads(max(1, backend.blas_threads() // world.local_size))
+
+
+def sweep(args: argparse.Namespace, argv: list[str]) -> None:
+    """--sweep: each configuration in a fresh run of this script (each on the number of
+    processes that gpt.train would take for it), printed as it comes."""
+    flags = [a for a in argv if a not in ("--sweep", "--json")]
+    for t in SWEEP_BLOCKS:
+        for c in SWEEP_WIDTHS:
+            shape = ["--block-size", t, "--n-embd", c, "--n-head", c // 32, "--n-layer", 4,
+                     "--batch-size", max(1, SWEEP_TOKENS // t)]
+            child = subprocess.run([sys.executable, __file__, *flags, *map(str, shape), "--json"], capture_output=True,
+                                   text=True)
+            if child.returncode != 0:
+                raise RuntimeError(f"the sweep's run at T {t}, C {c} failed (exit status {child.returncode}):\n"
+                                   f"{child.stderr}")
+            rows = [json.loads(line) for line in child.stdout.splitlines()]
+            if args.json:
+                for row in rows:
+                    print(json.dumps(row), flush=True)
+                continue
+            if (t, c) == (SWEEP_BLOCKS[0], SWEEP_WIDTHS[0]):
+                print_header(len(rows) > 1)
             print_row(rows)
-    if not args.json and torch is not None:
-        print("ratio: nanograd tokens/s / torch tokens/s (above 1: nanograd is faster)")
 
 
 if __name__ == "__main__":
-    sys.exit(exit_status(main))  # a bad flag or file: one line, exit 2 (gpt.errors)
+    world = distributed.world()  # (of one, unless mpiexec started this process)
+    sys.exit(exit_status(main, rank=world.rank, ranks=world.size))  # a bad flag or file: one line, exit 2 (gpt.errors)

@@ -29,7 +29,6 @@ import numpy as np
 import nanograd
 from nanograd import Tensor, no_grad
 from nanograd import functional as F
-from nanograd.parallel import default_workers
 
 from .bigram import BigramLanguageModel
 from .data import CharDataset, load_text
@@ -266,7 +265,7 @@ def cost(args: argparse.Namespace) -> None:
 
 def profile(args: argparse.Namespace) -> None:
     """Forward and backward of one preset batch, timed op by op. In this one process: the
-    trainer's worker processes would run their ops where this one cannot time them."""
+    trainer's other processes (MPI ranks) would run their ops where this one cannot time them."""
     nanograd.backend.keep_freed_memory()  # as the trainer does: no page faults for each new array
     config = TrainConfig(preset=args.preset, **PRESETS[args.preset])
     nanograd.manual_seed(args.seed)
@@ -289,7 +288,7 @@ def profile(args: argparse.Namespace) -> None:
     ops = sorted({name.split(".")[0] for name in per_step},
                  key=lambda op: -(per_step.get(f"{op}.forward", 0) + per_step.get(f"{op}.backward", 0)))
     print(f"{args.preset}: batch {config.batch_size} x {config.block_size}, forward and backward "
-          f"{total * 1e3:.2f} ms in one process (BLAS threads: {default_workers()})")
+          f"{total * 1e3:.2f} ms in one process (BLAS threads: {nanograd.backend.blas_threads()})")
     print(f"{'op':>26} {'forward ms':>11} {'backward ms':>12} {'share':>6}")
     for op in ops:
         forward, backward = per_step.get(f"{op}.forward", 0), per_step.get(f"{op}.backward")

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from nanograd import backend, nn
-from nanograd.parallel import default_workers
 
 from .bigram import BigramLanguageModel
 from .bpe import MAX_VOCAB_SIZE, N_BYTES
@@ -64,7 +63,10 @@ class TrainConfig:
     vocab_size: int | None = field(default=None, metadata={"help": VOCAB_SIZE_HELP})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of the text held out for validation"})
     block_size: int = field(default=64, metadata={"help": "context length T"})
-    batch_size: int = field(default=12, metadata={"help": "sequences per step B"})
+    batch_size: int = field(default=12, metadata={"help": "sequences per step B, over all the processes together"})
+    grad_accum: int = field(default=1, metadata={
+        "help": "micro-batches that each process's share of a batch is cut into, their gradients summed "
+                "before the update: the same update in less memory"})
     # optimisation
     max_iters: int = field(default=2000, metadata={"help": "training steps"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
@@ -82,8 +84,8 @@ class TrainConfig:
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, batches and dropout"})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'"})
     workers: int | None = field(default=None, metadata={
-        "help": "CPU processes, each training on a slice of the batch (default: one per core, "
-                "fewer for small steps; one for the bigram and on a GPU)"})
+        "help": "CPU processes (MPI ranks) to start, each training on a share of the batch (default: one per "
+                "core, fewer for small steps; one for the bigram and on a GPU); under mpiexec, its -n decides"})
     out_dir: str = field(default="out", metadata={"help": "directory for checkpoints and logs"})
     resume: bool = field(default=False, metadata={"help": "continue the run saved in out_dir"})
     overwrite: bool = field(default=False, metadata={
@@ -96,7 +98,8 @@ class TrainConfig:
             value = getattr(self, name)  # (a checkpoint's JSON could hold 64.0 or "64")
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
-        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters")
+        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval",
+                    "eval_iters")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -123,20 +126,15 @@ class TrainConfig:
             raise UserError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
 
     def data_parallel_workers(self) -> int:
-        """How many processes share each batch (nanograd.parallel): --workers if given, else
-        one per core (per BLAS thread), as long as
+        """How many processes `python -m gpt.train` starts (under mpiexec, gpt.ranks), each on a
+        share of every batch: --workers if given, else one per core (per BLAS thread), as long as
 
-        - each process's slice keeps at least MIN_ACTIVATIONS_PER_WORKER activations (B T C /
-          workers). On smaller steps the fixed cost of a call (sending the slices, the
-          gradients out) eats what the second core adds: on the 2-core machine here, with the
-          optimizer's step shared, 2 processes lost 2-6% at 4K activations each and won 5-8%
-          at 8K, 18-23% at 12K-16K (train_speed.py --workers 1 and 2, each against PyTorch in
-          the same run, baby model's width);
-        - the batch splits evenly enough: the step waits for the largest slice. 3 sequences on
-          2 processes (2 + 1) won 20% at width 128 and 4% at 384 (T 256) against one process
-          with a two-thread BLAS; a worse split was not measured.
+        - each process's share keeps at least MIN_ACTIVATIONS_PER_WORKER activations (B T C /
+          workers): on smaller steps the fixed cost of a step's exchange (the gradients' sum,
+          the optimizer's update that every process makes) eats what another core adds;
+        - the batch splits evenly enough: the step waits for the largest share.
 
-        The bigram model and GPUs get one."""
+        The bigram model and GPUs get one (benchmarks/RESULTS.md has the measurements)."""
         if self.device != "cpu":
             return 1
         if self.workers is not None:
@@ -144,7 +142,7 @@ class TrainConfig:
         if self.model != "gpt":
             return 1
         B, activations = self.batch_size, self.batch_size * self.block_size * self.n_embd
-        workers = min(default_workers(), B)
+        workers = min(backend.blas_threads(), B)
         while workers > 1 and (activations / workers < MIN_ACTIVATIONS_PER_WORKER
                                or math.ceil(B / workers) > MAX_SLICE_IMBALANCE * B / workers):
             workers -= 1
@@ -215,8 +213,9 @@ def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Tr
     preset = given.get("preset", (saved or {}).get("preset", "baby"))
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
-    # how this invocation shows its progress is not part of the run: --quiet is not kept
-    saved_settings = {k: v for k, v in (saved or {}).items() if k != "quiet"}
+    # how this invocation shows its progress and how many processes it runs on are not part of
+    # the run: --quiet and --workers are not kept
+    saved_settings = {k: v for k, v in (saved or {}).items() if k not in ("quiet", "workers")}
     values = {**PRESETS[preset], **saved_settings, **given, "preset": preset}
     if saved is not None:
         if given.get("preset", preset) != saved.get("preset", preset):
@@ -240,9 +239,10 @@ def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
     return GPT(config.model_config(vocab_size))
 
 
-def memory_lower_bound(config: TrainConfig, vocab_size: int, training: bool) -> int:
+def memory_lower_bound(config: TrainConfig, vocab_size: int, training: bool, processes: int = 1) -> int:
     """Bytes of float32 the model needs at the least: its weights; to train, also their
-    gradients and AdamW's two moments, and the activations a step keeps for its backward pass.
+    gradients and AdamW's two moments, and the activations a step keeps for its backward pass
+    (with `processes` processes on the machine, each holds the model and its part of the batch).
 
     Counted low on purpose, so that a refusal (check_memory) is never wrong: only the big
     matrices; of the activations, per position, each layer's two normalised inputs (C each),
@@ -261,7 +261,7 @@ def memory_lower_bound(config: TrainConfig, vocab_size: int, training: bool) -> 
     if not training:
         return float32_bytes * weights
     copies = 4  # weights, gradients, AdamW's two moments
-    return float32_bytes * (copies * weights + config.batch_size * T * per_position)
+    return float32_bytes * (processes * copies * weights + config.batch_size * T * per_position)
 
 
 def check_memory(needed: int, what: str) -> None:
@@ -354,7 +354,6 @@ def _load_run(path: Path, device: str) -> tuple[nn.Module, TrainConfig, Tokenize
     try:
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = dict(meta["config"])
-        saved.setdefault("workers", saved.get("threads"))  # runs saved before threads became processes
         config = TrainConfig(**{k: v for k, v in saved.items() if k in names})
         config.validate()
         tokenizer = tokenizer_from_json(meta["tokenizer"])

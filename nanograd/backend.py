@@ -7,16 +7,16 @@ NumPy directly on tensor data (tests/test_backend.py checks this).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import math
-import threading
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 
 try:  # CuPy is optional: installed by the cuda12 / cuda13 extras.
     import cupy as _cupy
@@ -193,6 +193,26 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
+def blas_threads() -> int:
+    """How many threads NumPy's BLAS uses: one per core, unless OPENBLAS_NUM_THREADS or
+    OMP_NUM_THREADS says otherwise (read from the loaded library, through threadpoolctl)."""
+    counts = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    return max(counts, default=os.cpu_count() or 1)
+
+
+def limit_blas_threads(threads: int) -> None:
+    """Have BLAS use at most `threads` threads from now on, in this process. Ranks that share
+    a machine share its cores: each BLAS running a thread per core would have them fight over
+    the cores (and idle BLAS threads spin on the cores that the other ranks need)."""
+    threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
+
+
+def use_cuda_device(index: int) -> None:
+    """Make GPU `index` (counted round the GPUs present) this process's device, before anything
+    is allocated: each rank on a machine with several GPUs takes its own."""
+    _cupy.cuda.Device(index % _cupy.cuda.runtime.getDeviceCount()).use()
+
+
 # One random generator per device, reseeded by nanograd.manual_seed: dropout masks and
 # parameter initialisation draw from it, so a seeded run is reproducible.
 _generators: dict[str, Any] = {}
@@ -205,25 +225,8 @@ def manual_seed(seed: int) -> None:
     _generators["cpu"] = np.random.default_rng(seed)
 
 
-_thread = threading.local()  # the generator set by thread_generator, per thread
-
-
-@contextlib.contextmanager
-def thread_generator(rng: np.random.Generator) -> Iterator[None]:
-    """Within this block, generator('cpu') returns rng, in the calling thread only.
-    nanograd.parallel uses it to give each slice of a batch its own seeded dropout stream, in
-    the caller and in each worker process."""
-    previous, _thread.generator = getattr(_thread, "generator", None), rng
-    try:
-        yield
-    finally:
-        _thread.generator = previous
-
-
 def generator(device: str = "cpu") -> Any:
     """The seeded generator of a device: numpy.random.Generator or cupy.random.Generator."""
-    if device == "cpu" and getattr(_thread, "generator", None) is not None:
-        return _thread.generator
     if device not in _generators:
         seed = _generators.get("seed", 0)
         xp = np if device == "cpu" else _cupy

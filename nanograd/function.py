@@ -76,7 +76,7 @@ def profile() -> Iterator[collections.Counter[str]]:
         print(seconds.most_common(5))
 
     What it does not see: the engine's own work between ops (adding up gradients, copying
-    them into the leaves), and ops in other processes (DataParallel's workers). A profile
+    them into the leaves), and ops in other processes (the other MPI ranks). A profile
     opened inside another takes its ops away from the outer one. One profile is active per
     process, for every thread. On a GPU each op first waits for the work queued before it,
     then for its own kernels, so that the times are its work's rather than its launch's (and

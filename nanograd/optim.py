@@ -3,9 +3,7 @@
 AdamW keeps each parameter group (of one dtype) in flat arrays: the weights, whose views
 become the parameters' .data, the two moments, the gathered gradient and a scratch buffer.
 One update is then a handful of vectorised array operations over all the weights at once,
-instead of a Python loop of small ones per tensor. The update is element-wise, so any piece
-of it can run apart from the rest (adamw_update): nanograd.parallel.DataParallel runs the
-pieces in several processes at once.
+instead of a Python loop of small ones per tensor.
 """
 
 from __future__ import annotations
@@ -13,8 +11,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any
 
 from . import backend
 from .nn.module import Parameter
@@ -80,30 +78,10 @@ class SGD(Optimizer):
                 p.data -= group["lr"] * g
 
 
-class FlatArrays(NamedTuple):
-    """One flat group's arrays, all of the same length: what an AdamW update reads and writes."""
-
-    data: Any  # the weights
-    m: Any  # first moment (mean of g)
-    v: Any  # second moment (mean of g^2)
-    grad: Any  # the parameters' gradients, gathered at each step
-    scratch: Any  # spare room for intermediate results
-
-
-class AdamWHyper(NamedTuple):
-    """The numbers of one AdamW update of one group (see AdamW)."""
-
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    wd: float  # weight decay
-    t: int  # the step count, for the bias corrections
-
-
 class _FlatGroup:
-    """One parameter group stored in flat arrays (FlatArrays); each p.data becomes a view of
-    `data`."""
+    """One parameter group stored in flat arrays of one length: the weights (`data`, which
+    each p.data views), the moments m and v, the gradients gathered at each step (`grad`) and
+    a `scratch` buffer."""
 
     def __init__(self, params: list[Parameter]):
         self.params = params
@@ -135,19 +113,6 @@ class _FlatGroup:
             view[...] = p.data
             p.data = view
 
-    def arrays(self) -> FlatArrays:
-        return FlatArrays(*(getattr(self, name) for name in FlatArrays._fields))
-
-    def move_to(self, arrays: dict[str, Any]) -> None:
-        """Keep the named flat arrays (FlatArrays' names) in the given ones from now on (same
-        shapes; shared memory, for nanograd.parallel), their values copied over; the
-        parameters follow."""
-        self.adopt_replaced_data()  # the buffer must hold the parameters' latest values first
-        for name, new in arrays.items():
-            new[...] = getattr(self, name)
-            setattr(self, name, new)
-        self._view_params()
-
     def gather_grads(self) -> None:
         """Every parameter's gradient into `grad` (zeros for a parameter without one)."""
         xp = backend.array_module(self.data)
@@ -158,9 +123,6 @@ class _FlatGroup:
         """Where in the flat buffer the parameters that got no gradient this step lie."""
         return [slice(start, end) for p, start, end in zip(self.params, self.starts, self.starts[1:])
                 if p.grad is None]
-
-
-Updates = list[tuple[_FlatGroup, AdamWHyper]]  # each flat group of an AdamW step, with its numbers
 
 
 class AdamW(Optimizer):
@@ -188,29 +150,21 @@ class AdamW(Optimizer):
                      for g in self.groups for dtype in dict.fromkeys(p.dtype for p in g["params"])]
         self.t = 0
 
-    def step(self, run_updates: Callable[[Updates], None] | None = None) -> None:
-        """One update of every parameter that has a gradient. The element-wise update of each
-        flat group runs here, unless run_updates is given: it must run them all before it
-        returns (DataParallel.step shares them out between processes). If it fails part way,
-        the update is half done: the parameters without a gradient are still put back."""
+    def step(self) -> None:
+        """One update of every parameter that has a gradient: the whole flat buffer of each
+        group is updated, then the parameters without a gradient are put back."""
         self.t += 1
-        updates: Updates = []
-        skipped = []  # the whole buffer is updated, then the parameters without a gradient are put back
         for group, flat in self.flat:
             flat.adopt_replaced_data()
-            skipped += [(flat, s, flat.data[s].copy(), flat.m[s].copy(), flat.v[s].copy())
-                        for s in flat.slices_without_grad()]
+            skipped = [(s, flat.data[s].copy(), flat.m[s].copy(), flat.v[s].copy())
+                       for s in flat.slices_without_grad()]
             flat.gather_grads()
             beta1, beta2 = group["betas"]
-            updates.append((flat, AdamWHyper(group["lr"], beta1, beta2, group["eps"], group["weight_decay"], self.t)))
-        try:
-            if run_updates is None:
-                for flat, hyper in updates:
-                    adamw_update(flat.arrays(), hyper)
-            else:
-                run_updates(updates)
-        finally:
-            for flat, s, data, m, v in skipped:
+            # block by block, so that the update's dozen passes find each block still in cache
+            update = functools.partial(_adamw_update, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                       wd=group["weight_decay"], t=self.t)
+            backend.in_blocks(update, flat.data, flat.m, flat.v, flat.grad, flat.scratch)
+            for s, data, m, v in skipped:
                 flat.data[s], flat.m[s], flat.v[s] = data, m, v
 
     def state_dict(self) -> dict[str, Any]:
@@ -229,18 +183,6 @@ class AdamW(Optimizer):
                 if value.shape != flat.m.shape:
                     raise ValueError(f"optimizer state group{i}.{name}: shape {value.shape}, expected {flat.m.shape}")
                 getattr(flat, name)[...] = backend.to_device(value, backend.device_of(flat.m))
-
-
-def adamw_update(arrays: FlatArrays, hyper: AdamWHyper, part: int = 0, parts: int = 1) -> None:
-    """Piece `part` of `parts` equal pieces of one flat group's update, in place.
-
-    Block by block, so that the dozen passes find each block still in cache (1.3x faster than
-    whole-buffer passes at 0.8M and 7M parameters, benchmarks/RESULTS.md). Each element's
-    update involves that element alone, so the pieces may run in any order, or at once in
-    different processes, and give the same numbers as one piece."""
-    n = len(arrays.data)
-    lo, hi = n * part // parts, n * (part + 1) // parts
-    backend.in_blocks(functools.partial(_adamw_update, **hyper._asdict()), *(a[lo:hi] for a in arrays))
 
 
 def _adamw_update(data, m, v, g, scratch, *, lr, beta1, beta2, eps, wd, t) -> None:

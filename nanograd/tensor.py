@@ -28,9 +28,6 @@ class Tensor:
     """
 
     __array_priority__ = 1000  # so that `ndarray * Tensor` calls Tensor.__rmul__
-    # Where backward() writes a leaf's gradient when .grad is None (an array of its shape), in
-    # place of a new one: DataParallel's workers point it into shared memory, saving a copy.
-    grad_buffer: Any = None
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
         if isinstance(data, Tensor):
@@ -141,7 +138,7 @@ class Tensor:
                 )
             if node._ctx is None:  # a leaf: keep its gradient (a copy: g may be shared)
                 if node.grad is None:
-                    node.grad = node._first_grad(g)
+                    node.grad = g.astype(node.dtype, copy=True)
                 else:  # an op handed back a wider dtype (float64 for a float32 leaf): keep the leaf's
                     node.grad = (node.grad + g).astype(node.dtype, copy=False)
                 continue
@@ -157,13 +154,6 @@ class Tensor:
                 grads[key] = pg if key not in grads else grads[key] + pg
             if not retain_graph:
                 node._ctx, node._freed = None, True
-
-    def _first_grad(self, g: Any) -> Any:
-        """A leaf's gradient, a copy of g: into grad_buffer if one is set, else a new array."""
-        if self.grad_buffer is None:
-            return g.astype(self.dtype, copy=True)
-        self.grad_buffer[...] = g
-        return self.grad_buffer
 
     def _topological_order(self) -> list[Tensor]:
         """Every tensor reachable from self, each before the tensors it was made from.

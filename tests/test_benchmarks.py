@@ -38,6 +38,28 @@ def test_train_speed_prints_one_json_object_per_implementation():
     assert row["ms_per_step"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
 
 
+def test_train_speed_runs_nanograd_on_several_processes_as_the_trainer_does():
+    result = bench("train_speed.py", "--no-torch", "--json", "--steps", "1", "--rounds", "1", "--warmup", "0",
+                   "--workers", "2", "--n-layer", "1", "--n-embd", "32", "--n-head", "1", "--block-size", "16",
+                   "--batch-size", "3")
+    assert result.returncode == 0, result.stderr
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["nanograd_workers"] == 2 and row["ms_per_step"] > 0
+
+
+def test_allreduce_speed_checks_the_sums_then_times_them():
+    from gpt.ranks import find_mpiexec
+
+    if find_mpiexec() is None:
+        pytest.skip("needs mpi4py and an mpiexec (pip install mpi4py mpich)")
+    result = subprocess.run([find_mpiexec(), "-n", "3", sys.executable, str(BENCHMARKS / "allreduce_speed.py"),
+                             "--presets", "baby", "--rounds", "1", "--calls", "1", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert (row["ranks"], row["params"], row["bytes"]) == (3, 804096, 4 * 804096) and row["ms"] > 0
+
+
 def test_sample_speed_compares_the_cache_with_recomputing(monkeypatch, capsys):
     """Run in this process, so that the cache's pass can be counted: the cached run must use
     it for every token, and the recomputing run never."""

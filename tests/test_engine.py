@@ -133,24 +133,10 @@ def test_backward_twice_on_two_graphs_accumulates_into_leaves():
     np.testing.assert_allclose(x.grad, [11.0])
 
 
-def test_a_leaf_gradient_is_written_into_its_grad_buffer():
-    """A leaf may name the array its first gradient goes to (DataParallel's workers point it
-    into shared memory); a second backward adds up into a new array, as without one."""
-    x = leaf([1.0, 2.0])
-    x.grad_buffer = np.full(2, np.nan)
-    (x * x).sum().backward()
-    assert x.grad is x.grad_buffer
-    np.testing.assert_allclose(x.grad_buffer, [2.0, 4.0])
-    (x * 5).sum().backward()
-    np.testing.assert_allclose(x.grad, [7.0, 9.0])
-    np.testing.assert_allclose(x.grad_buffer, [2.0, 4.0])
-
-
-def test_a_grad_buffer_takes_the_gradient_in_the_leaf_dtype():
+def test_a_leaf_gradient_takes_the_leaf_dtype():
     x = Tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
-    x.grad_buffer = np.zeros(2, np.float32)
     (x * Tensor(np.array([0.5, 0.25]))).sum().backward()  # a float64 gradient reaches x
-    assert x.grad is x.grad_buffer and x.grad.dtype == np.float32
+    assert x.grad.dtype == np.float32
     np.testing.assert_allclose(x.grad, [0.5, 0.25])
 
 

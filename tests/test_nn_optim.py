@@ -238,25 +238,6 @@ def test_optimizers_keep_each_parameter_dtype(make):
     assert (half.shape, full.shape) == ((2,), (3,))
 
 
-@pytest.mark.parametrize("parts", [1, 2, 3, 5])
-def test_adamw_update_in_pieces_gives_the_numbers_of_one(parts):
-    """The update is element-wise: pieces of uneven length (7 numbers), run one after the
-    other, write what one whole update writes (DataParallel runs them in processes)."""
-    def arrays():
-        rng = np.random.default_rng(0)
-        data, m, grad = (rng.standard_normal(7).astype(np.float32) for _ in range(3))
-        return optim.FlatArrays(data, m, np.abs(m), grad, np.empty_like(data))
-
-    hyper = optim.AdamWHyper(lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, wd=0.1, t=3)
-    whole, pieced = arrays(), arrays()
-    optim.adamw_update(whole, hyper)
-    for part in range(parts):
-        optim.adamw_update(pieced, hyper, part, parts)
-    for name, a, b in zip(optim.FlatArrays._fields, whole, pieced):
-        if name != "scratch":
-            np.testing.assert_array_equal(a, b, err_msg=name)
-
-
 def test_adamw_minimises_a_quadratic():
     p = param([3.0, -4.0])
     opt = optim.AdamW([p], lr=0.1, weight_decay=0.0)

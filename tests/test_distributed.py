@@ -1,0 +1,369 @@
+"""Data parallelism over MPI ranks (nanograd.distributed, gpt.ranks): the losses of one process
+from any number of ranks, gradient accumulation that changes nothing but the memory, and every
+rank stopped in one line whatever goes wrong on one of them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nanograd
+from gpt import ranks, run, train
+from gpt.checkpoint import load_checkpoint
+from gpt.model import GPT, GPTConfig
+from gpt.run import TrainConfig
+from nanograd import distributed, optim
+from nanograd.distributed import World
+
+REPO = Path(__file__).resolve().parent.parent
+FAULTS = Path(__file__).resolve().parent / "faults.py"
+MPIEXEC = ranks.find_mpiexec()
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="needs mpi4py and an mpiexec (pip install mpi4py mpich)")
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "6",
+        "--eval-iters", "3", "--sample-tokens", "0", "--quiet"]
+AFTER_KILL = "the last checkpoint written, if any, is intact (continue with --resume)"
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    path = tmp_path / "poem.txt"
+    lines = ["the quick brown fox jumps over the lazy dog", "to be or not to be, that is the question"]
+    path.write_text("\n".join(lines * 40) + "\n")
+    return path
+
+
+class Rank(World):
+    """Rank `rank` of a world of `size`, without MPI: for what a rank computes on its own."""
+
+    def __init__(self, rank: int, size: int):
+        super().__init__()
+        self.rank, self.size = rank, size
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out_dir: Path) -> list[tuple[float, float]]:
+    return [(row["train_loss"], row["val_loss"]) for row in read_metrics(out_dir)]
+
+
+def train_run(*args) -> subprocess.CompletedProcess:
+    """python -m gpt.train with these flags, as a user starts it (--workers N: N ranks, under mpiexec)."""
+    return subprocess.run([sys.executable, "-m", "gpt.train", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def mpiexec_run(n: int, *args) -> subprocess.CompletedProcess:
+    """mpiexec -n N python -m gpt.train with these flags, as a user starts it by hand."""
+    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, "-m", "gpt.train", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+# ---- one process: what a rank computes ---------------------------------------------------------
+
+def test_a_world_of_one_changes_nothing():
+    world = World()
+    p = nanograd.nn.Parameter(np.ones(3, np.float32))
+    p.grad = np.full(3, 2.0, np.float32)
+    world.all_reduce_gradients([p])
+    np.testing.assert_array_equal(p.grad, [2.0, 2.0, 2.0])
+    assert (world.rank, world.size, world.sum(1.5), world.any(True), world.broadcast("x"), world.gather(3)) == \
+        (0, 1, 1.5, True, "x", [3])
+
+
+@pytest.mark.parametrize("b, size, grad_accum", [(12, 2, 1), (12, 5, 1), (12, 5, 2), (3, 3, 4)])
+def test_the_ranks_micro_batches_cover_the_batch_once_and_evenly(b, size, grad_accum):
+    x = np.arange(b)[:, None] * np.ones((1, 4), int)  # (B, T): row i holds i
+    rows = [[int(row[0]) for xm, _ in train.micro_batches(x, x + 1, Rank(r, size), grad_accum) for row in xm]
+            for r in range(size)]
+    assert sorted(sum(rows, [])) == list(range(b))
+    assert max(map(len, rows)) - min(map(len, rows)) <= 1
+
+
+def float64_gpt() -> GPT:
+    nanograd.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8))
+    for p in model.parameters():
+        p.data = p.data.astype(np.float64)
+    return model
+
+
+def one_update(world: World, x, y, grad_accum: int) -> tuple[float, list[np.ndarray]]:
+    """The loss and the weights after one train_step of a float64 tiny GPT on batch (x, y)."""
+    model = float64_gpt()
+    optimizer = optim.AdamW(run.parameter_groups(model, 0.1), lr=0.1)
+    config = TrainConfig(grad_accum=grad_accum, grad_clip=1.0)
+    loss, _ = train.train_step(model, optimizer, world, x, y, config, "cpu")
+    return loss, [p.data.copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("grad_accum", [2, 3, 12])
+def test_micro_batches_give_the_update_of_the_whole_batch(grad_accum):
+    """The lecture's notes: batch 1 run 32 times learns what batch 32 does once, up to the
+    averaging. Here 12 sequences in grad_accum micro-batches (12: one at a time, 3 and 2:
+    uneven pieces of 5 and 4, or 6), each loss scaled by its share of the batch before its
+    backward: the loss, the clipped gradient and the AdamW step of one batch of 12, to float64
+    rounding."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (12, 6)), rng.integers(0, 11, (12, 6))
+    loss_whole, weights_whole = one_update(World(), x, y, grad_accum=1)
+    loss_pieces, weights_pieces = one_update(World(), x, y, grad_accum=grad_accum)
+    assert loss_pieces == pytest.approx(loss_whole, rel=1e-13)
+    for whole, pieces in zip(weights_whole, weights_pieces):
+        np.testing.assert_allclose(pieces, whole, rtol=1e-12, atol=1e-14)
+
+
+def test_uneven_shares_weigh_each_ranks_gradient_by_its_size():
+    """B 12 over 5 ranks (3 3 2 2 2): each rank's gradient, its loss scaled by its share, summed
+    as the Allreduce sums them, is the whole batch's (float64)."""
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 11, (12, 6)), rng.integers(0, 11, (12, 6))
+    model = float64_gpt()
+    whole_loss = model(x, y)[1]
+    whole_loss.backward()
+    whole = [p.grad.copy() for p in model.parameters()]
+    summed, loss_sum = [np.zeros_like(g) for g in whole], 0.0
+    for rank in range(5):
+        model.zero_grad()
+        for xm, ym in train.micro_batches(x, y, Rank(rank, 5), 1):
+            loss = model(xm, ym)[1] * (len(xm) / len(x))
+            loss.backward()
+            loss_sum += loss.item()
+        for total, p in zip(summed, model.parameters()):
+            total += p.grad
+    assert loss_sum == pytest.approx(whole_loss.item(), rel=1e-13)
+    for total, g in zip(summed, whole):
+        np.testing.assert_allclose(total, g, rtol=1e-11, atol=1e-14)
+
+
+# ---- the launcher ------------------------------------------------------------------------------
+
+def test_mpiexecs_banner_about_a_killed_rank_becomes_one_line():
+    """What MPICH's mpiexec printed when a rank was killed (kill -9), and the lines around it."""
+    printed = ("step 0: train loss 3.37\n\nROMEO:\n\n\n"
+               "===================================================================================\n"
+               "=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n"
+               "=   PID 19722 RUNNING AT vm\n"
+               "=   EXIT CODE: 9\n"
+               "=   CLEANING UP REMAINING PROCESSES\n"
+               "=   YOU CAN IGNORE THE BELOW CLEANUP MESSAGES\n"
+               "===================================================================================\n"
+               "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)\n"
+               "This typically refers to a problem with your application.\n"
+               "Please see the FAQ page for debugging suggestions\n"
+               "[mpiexec@vm] Sending Ctrl-C to processes as requested\n"
+               "[mpiexec@vm] Press Ctrl-C again to force abort\n"
+               "last\n\n")
+    read, write = os.pipe()
+    for start in range(0, len(printed), 7):  # in pieces that cut lines and characters anywhere
+        os.write(write, printed[start : start + 7].encode())
+    os.close(write)
+    sink, killed = io.StringIO(), {}
+    with os.fdopen(read, "rb") as source:
+        ranks._copy_output(source, sink, killed)
+    assert sink.getvalue() == "step 0: train loss 3.37\n\nROMEO:\n\nlast\n\n"
+    assert killed == {"pid": "19722", "host": "vm", "signal": "9"}
+
+
+def test_without_mpi_the_trainer_says_so_and_trains_in_one_process(text_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ranks, "find_mpiexec", lambda: None)
+    args = ["--data", text_file, "--out-dir", tmp_path / "run", "--max-iters", "2", *TINY, "--workers", "2"]
+    assert train.main([str(a) for a in args]) == 0
+    assert capsys.readouterr().err.strip() == ranks.NO_MPI
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["workers"] == 1
+
+
+def test_the_process_count_follows_the_settings_and_a_resumed_run_picks_its_own(text_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(nanograd.backend, "blas_threads", lambda: 2)
+    parser = run.build_parser("gpt.train", "")
+    assert train.processes_for(parser.parse_args([])) == 2  # the baby model: both cores pay
+    assert train.processes_for(parser.parse_args(TINY)) == 1  # too small a step to share
+    assert train.processes_for(parser.parse_args([*TINY, "--workers", "2"])) == 2
+    assert train.processes_for(parser.parse_args(["--preset", "bigram"])) == 1
+    assert train.processes_for(parser.parse_args(["--batch-size", "0"])) == 1  # the run itself says what is wrong
+    out = tmp_path / "run"
+    assert train.main([str(a) for a in ["--data", text_file, "--out-dir", out, "--max-iters", "1", *TINY]]) == 0
+    assert train.processes_for(parser.parse_args(["--resume", "--out-dir", str(out), "--workers", "3"])) == 3
+    assert train.processes_for(parser.parse_args(["--resume", "--out-dir", str(tmp_path / "none")])) == 1
+
+
+# ---- several ranks -----------------------------------------------------------------------------
+
+ALL_REDUCE = """
+import numpy as np
+from nanograd import distributed, nn
+world = distributed.world()
+r = world.rank
+everywhere = nn.Parameter(np.full(3, 1.0, np.float32))
+everywhere.grad = np.full(3, r + 1.0, np.float32)
+on_rank0 = nn.Parameter(np.zeros((2, 2)))  # float64: a buffer of its own
+on_rank0.grad = np.ones((2, 2)) if r == 0 else None
+nowhere = nn.Parameter(np.zeros(2, np.float32))
+world.all_reduce_gradients([everywhere, on_rank0, nowhere])
+assert everywhere.grad.tolist() == [6.0] * 3 and everywhere.grad.dtype == np.float32
+assert on_rank0.grad.tolist() == [[1.0, 1.0], [1.0, 1.0]] and nowhere.grad is None
+assert world.sum(r) == 3 and world.any(r == 2) and not world.any(False)
+assert world.broadcast(r) == 0 and world.gather(r) == [0, 1, 2]
+places = world.gather((r, world.local_rank, world.local_size))
+if r == 0:
+    print(places)
+"""
+
+
+@needs_mpi
+def test_all_reduce_sums_the_gradients_of_every_rank(tmp_path):
+    script = tmp_path / "all_reduce.py"
+    script.write_text(ALL_REDUCE)
+    done = subprocess.run([MPIEXEC, "-n", "3", sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == "[(0, 0, 3), (1, 1, 3), (2, 2, 3)]\n"  # (rank, local rank, ranks on the machine)
+
+
+@needs_mpi
+def test_any_number_of_ranks_prints_the_losses_of_one_process(text_file, tmp_path):
+    """Dropout off: the same losses within float32 rounding from 1, 2 (started by the trainer
+    itself) and 4 ranks (by hand, more than the cores: 2 ranks get 1 sequence of 6, 2 get 2);
+    and with the same number of ranks, exactly the same numbers."""
+    args = ["--data", text_file, "--max-iters", "20", "--eval-interval", "10", *TINY]
+    for name, done in [("one", train_run(*args, "--out-dir", tmp_path / "one", "--workers", 1)),
+                       ("two", train_run(*args, "--out-dir", tmp_path / "two", "--workers", 2)),
+                       ("again", train_run(*args, "--out-dir", tmp_path / "again", "--workers", 2)),
+                       ("four", mpiexec_run(4, *args, "--out-dir", tmp_path / "four"))]:
+        assert done.returncode == 0, (name, done.stderr)
+    one = losses(tmp_path / "one")
+    assert len(one) == 3
+    for name in ("two", "four"):
+        np.testing.assert_allclose(losses(tmp_path / name), one, rtol=2e-6, err_msg=name)
+    timings = ("elapsed_s", "tokens_per_s")
+    assert [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(tmp_path / "again")] == \
+        [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(tmp_path / "two")]
+    two, again = load_checkpoint(tmp_path / "two" / "ckpt.npz")[0], load_checkpoint(tmp_path / "again" / "ckpt.npz")[0]
+    for name in two:
+        np.testing.assert_array_equal(two[name], again[name], err_msg=name)
+    assert "4 processes (MPI ranks)" in done.stdout and done.stderr == ""  # rank 0 alone speaks
+
+
+@needs_mpi
+def test_a_run_resumes_on_another_number_of_ranks(text_file, tmp_path):
+    args = ["--data", text_file, "--eval-interval", "5", *TINY]
+    assert train_run(*args, "--out-dir", tmp_path / "whole", "--max-iters", 10, "--workers", 1).returncode == 0
+    assert train_run(*args, "--out-dir", tmp_path / "parts", "--max-iters", 5, "--workers", 2).returncode == 0
+    resumed = mpiexec_run(3, "--out-dir", tmp_path / "parts", "--resume", "--max-iters", 10)
+    assert resumed.returncode == 0, resumed.stderr
+    np.testing.assert_allclose(losses(tmp_path / "parts"), losses(tmp_path / "whole"), rtol=2e-6)
+    assert json.loads((tmp_path / "parts" / "config.json").read_text())["workers"] == 3
+
+
+@needs_mpi
+def test_dropout_draws_a_stream_per_step_and_rank_that_a_resumed_run_draws_again(text_file, tmp_path):
+    args = ["--data", text_file, "--eval-interval", "4", *TINY, "--dropout", "0.5", "--workers", 2]
+    assert train_run(*args, "--out-dir", tmp_path / "whole", "--max-iters", 8).returncode == 0
+    assert train_run(*args, "--out-dir", tmp_path / "parts", "--max-iters", 4).returncode == 0
+    assert train_run(*args, "--out-dir", tmp_path / "parts", "--max-iters", 8, "--resume").returncode == 0
+    assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
+    assert train.dropout_seed(1337, 4, 0) != train.dropout_seed(1337, 4, 1) != train.dropout_seed(1337, 5, 1)
+
+
+@needs_mpi
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "3"], "--workers 3 asks for 3 processes, and mpiexec started 2: leave --workers out under mpiexec"),
+    (["--batch-size", "1"], "2 processes cannot share batches of 1: each needs a sequence at least"),
+    (["--n-embd", "15"], "--n-embd (15) must be divisible by --n-head (2)"),
+    (["--resume"], "no checkpoint at"),
+])
+def test_a_refusal_is_one_line_from_rank_0(text_file, tmp_path, flags, message):
+    done = mpiexec_run(2, "--data", text_file, "--out-dir", tmp_path / "run", *TINY, *flags)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: ") and message in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "run" / "ckpt.npz").exists()
+
+
+# ---- faults ------------------------------------------------------------------------------------
+
+def faulty_run(tmp_path: Path, text_file: Path, kind: str, capfd) -> tuple[int, str, float]:
+    """Two ranks started as gpt.train starts them, the last one failing at its 5th step (after
+    the evaluation at step 3 saved a checkpoint): (exit status, stderr, seconds)."""
+    command = [sys.executable, str(FAULTS), kind, "5", "--data", str(text_file), "--out-dir", str(tmp_path / "run"),
+               "--max-iters", "1000", "--eval-interval", "3", *TINY]
+    started = time.perf_counter()
+    status = ranks.run_under_mpiexec(MPIEXEC, 2, command, AFTER_KILL)
+    return status, capfd.readouterr().err, time.perf_counter() - started
+
+
+def resumes(tmp_path: Path, step: int) -> bool:
+    _, meta = load_checkpoint(tmp_path / "run" / "ckpt.npz")
+    return meta["step"] == step and train.main(["--out-dir", str(tmp_path / "run"), "--resume", "--max-iters",
+                                                str(step + 1), "--workers", "1", "--quiet"]) == 0
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_a_rank_killed_ends_the_job_in_one_line_and_the_checkpoint_resumes(text_file, tmp_path, capfd):
+    status, err, seconds = faulty_run(tmp_path, text_file, "kill", capfd)
+    assert status == 128 + signal.SIGKILL and seconds < 30
+    assert err.startswith("error: a training process (pid ") and err.count("\n") == 1
+    assert "was killed (SIGKILL, as the system does when it runs out of memory); " + AFTER_KILL in err
+    assert resumes(tmp_path, 3)
+
+
+@needs_mpi
+@pytest.mark.parametrize("kind, message", [
+    ("memory", "error: out of memory (Unable to allocate 1.00 TiB for an array); try smaller sizes (rank 1 of 2)\n"),
+    ("nan", "error: the loss became nan at step 4; the last good checkpoint is "),
+])
+def test_a_rank_that_runs_out_of_memory_or_diverges_stops_them_all_in_one_line(text_file, tmp_path, capfd, kind,
+                                                                                 message):
+    status, err, _ = faulty_run(tmp_path, text_file, kind, capfd)
+    assert status == 2 and err.startswith(message) and err.count("\n") == 1
+    assert resumes(tmp_path, 3)
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("during", ["training", "evaluation"])
+def test_ctrl_c_saves_once_and_every_rank_exits_130_in_one_line(text_file, tmp_path, during):
+    """Ctrl-C to the trainer, which passes it on to mpiexec, which passes it on to every rank:
+    they stop together at the end of a step, or at once in an evaluation (seen on the
+    progress bar), and rank 0 saves and says so."""
+    out = tmp_path / "run"
+    flags = ["--eval-iters", "20"] if during == "training" else ["--eval-iters", "40000", "--no-quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "gpt.train", "--data", str(text_file), "--out-dir", str(out),
+                             "--max-iters", "100000", "--eval-interval", "1000", *TINY, *flags, "--workers", "2"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shown, deadline = "", time.time() + 120
+    while not ((out / "ckpt.npz").exists() if during == "training" else "evaluating train loss: batch" in shown):
+        assert time.time() < deadline and proc.poll() is None, shown[-300:]
+        if during == "evaluation" and select.select([proc.stderr], [], [], 1)[0]:
+            shown += os.read(proc.stderr.fileno(), 4096).decode(errors="replace")
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    sent = time.perf_counter()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.perf_counter() - sent < 10
+    assert proc.returncode == 130 and "Traceback" not in stderr and stderr.count("interrupted") == 1, stderr
+    step = load_checkpoint(out / "ckpt.npz")[1]["step"]
+    last_line = stderr.strip().split("\n")[-1]
+    assert last_line.startswith(f"interrupted: saved step {step} to ") and (step > 0) == (during == "training")
+    if during == "training":
+        assert stderr.count("\n") == 1
+    assert train_run("--out-dir", out, "--resume", "--max-iters", step + 1, "--eval-iters", 2,
+                     "--workers", 2).returncode == 0
+    assert read_metrics(out)[-1]["step"] == step + 1
+
+
+def test_a_world_of_one_does_not_import_mpi():
+    """Nor does a process that no MPI launcher started: gpt.train without mpiexec."""
+    assert distributed.world().size == 1 and "mpi4py.MPI" not in sys.modules
