@@ -74,8 +74,9 @@ class TokenDataset:
     """A corpus as token ids, in a train and a val split (arrays, or np.memmap of files that
     gpt.prepare wrote), and the tokenizer that made them."""
 
-    def __init__(self, tokenizer: Any, train: np.ndarray, val: np.ndarray):
+    def __init__(self, tokenizer: Any, train: np.ndarray, val: np.ndarray, splits: tuple[str, ...] = ("train", "val")):
         self.tokenizer, self.train, self.val = tokenizer, train, val
+        self.splits = splits  # the splits in use: a CharDataset may have no val split
 
     @property
     def vocab_size(self) -> int:
@@ -90,7 +91,7 @@ class TokenDataset:
     def check_block_size(self, block_size: int, remedy: str = "use a longer text or a smaller --block-size") -> None:
         """Every split that is used must hold at least one chunk of block_size + 1 tokens:
         checked once up front, so a bad --block-size fails before training starts."""
-        for name in ("train", "val") if len(self.val) else ("train",):
+        for name in self.splits:
             self._check_chunk_fits(name, block_size, remedy)
 
     def _check_chunk_fits(self, split: str, block_size: int, remedy: str) -> None:
@@ -138,4 +139,4 @@ class CharDataset(TokenDataset):
         tokenizer = tokenizer if tokenizer is not None else CharTokenizer.from_text(text)
         ids = tokenizer.encode(text)  # smallest unsigned dtype: 1 byte per character here
         n_train = int(len(ids) * (1 - val_fraction))
-        super().__init__(tokenizer, ids[:n_train], ids[n_train:])
+        super().__init__(tokenizer, ids[:n_train], ids[n_train:], ("train", "val") if val_fraction else ("train",))

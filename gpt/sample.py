@@ -6,10 +6,8 @@ The prompt is printed first, then each new character as soon as it is drawn.
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
-from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -78,32 +76,10 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
         out.write(args.prompt)
         tokens = sampling.stream(model, np.asarray(prompt, dtype=np.int64)[None, :], args.max_new_tokens,
                                  args.temperature, args.top_k, args.top_p, rng=rng, use_cache=not args.no_cache)
-        for piece in _text_pieces(tokenizer, tokens, args.stop, args.prompt):
+        for piece in sampling.text_pieces(tokenizer, tokens, args.stop, args.prompt):
             out.write(piece)
             out.flush()  # stream: show each character as soon as it is drawn
         out.write("\n" if i == args.num_samples - 1 else "\n---------------\n")
-
-
-def _text_pieces(tokenizer: Any, tokens: Iterator[np.ndarray], stop: str | None, prompt: str) -> Iterator[str]:
-    """The text of the tokens (1,) as they come after the prompt, ending just after the first
-    `stop` that they complete.
-
-    A BPE token may end inside a character's UTF-8 bytes: those bytes wait for the rest of
-    the character, and bytes that never form one come out as U+FFFD. A token may also hold
-    several characters, so `stop` is looked for across the tokens, not at their ends."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    keep = len(stop) - 1 if stop else 0  # the end of the text so far that a stop can span
-    recent = prompt[max(0, len(prompt) - keep):]
-    for token in tokens:
-        piece = decoder.decode(tokenizer.token_bytes(int(token[0])))
-        if stop:
-            found = (recent + piece).find(stop)
-            if found >= 0:
-                yield piece[: found + len(stop) - len(recent)]
-                return
-            recent = (recent + piece)[max(0, len(recent) + len(piece) - keep):]
-        yield piece
-    yield decoder.decode(b"", final=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ smallest set whose probabilities add up to p. Both cut off the long tail of unli
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import codecs
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -120,3 +121,26 @@ def generate(model: LanguageModel, idx: np.ndarray, max_new_tokens: int, **optio
     new = list(stream(model, idx, max_new_tokens, **options))  # (stream checks idx)
     idx = np.asarray(idx, dtype=np.int64)
     return np.concatenate([idx] + [t[:, None] for t in new], axis=1) if new else idx
+
+
+def text_pieces(tokenizer: Any, tokens: Iterable[np.ndarray], stop: str | None = None,
+                prompt: str = "") -> Iterator[str]:
+    """The text of the tokens (1,) as they come after the prompt, ending just after the first
+    `stop` that they complete.
+
+    A BPE token may end inside a character's UTF-8 bytes: those bytes wait for the rest of
+    the character, and bytes that never form one come out as U+FFFD. A token may also hold
+    several characters, so `stop` is looked for across the tokens, not at their ends."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    keep = len(stop) - 1 if stop else 0  # the end of the text so far that a stop can span
+    recent = prompt[max(0, len(prompt) - keep):]
+    for token in tokens:
+        piece = decoder.decode(tokenizer.token_bytes(int(token[0])))
+        if stop:
+            found = (recent + piece).find(stop)
+            if found >= 0:
+                yield piece[: found + len(stop) - len(recent)]
+                return
+            recent = (recent + piece)[max(0, len(recent) + len(piece) - keep):]
+        yield piece
+    yield decoder.decode(b"", final=True)

@@ -185,7 +185,24 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
             backend.use_cuda_device(world.local_rank)
         return device
 
+    def refuse_to_replace_a_run() -> None:
+        earlier = [path for path in (checkpoint_path(out_dir), checkpoint_path(out_dir, best=True)) if path.exists()]
+        if resume_meta is None and earlier and not config.overwrite:
+            raise UserError(f"{out_dir} holds an earlier run ({earlier[0]}): continue it with --resume, start "
+                            "over with --overwrite (its checkpoints are replaced), or choose another --out-dir")
+        if resume_meta is not None and load_checkpoint(checkpoint_path(out_dir))[1] != resume_meta:
+            raise UserError(f"{checkpoint_path(out_dir)} was written by another run after this one read it: "
+                            "run --resume again to continue from it")
+
+    def refuse_early() -> None:
+        """The same refusals before the corpus is tokenized, which can take minutes (a directory
+        that does not exist yet holds no run)."""
+        if out_dir.is_dir():
+            with claim_directory(out_dir):
+                refuse_to_replace_a_run()
+
     device = ranks.together(world, check_settings)
+    ranks.from_rank0(world, refuse_early)
     log = (print if config.quiet else _tqdm_write) if world.rank == 0 else _silent
     # rank 0 tokenizes the corpus and caches it; the others then read the cache
     corpus = ranks.rank0_first(world, lambda: prepare(
@@ -202,15 +219,9 @@ def train(config: TrainConfig, resume_meta: dict | None = None, model: Any = Non
             check_memory(memory_lower_bound(config, dataset.vocab_size, training=True, processes=world.local_size),
                          "training this model")
 
-    def refuse_to_replace_a_run() -> None:
-        earlier = [path for path in (checkpoint_path(out_dir), checkpoint_path(out_dir, best=True)) if path.exists()]
-        if resume_meta is None and earlier and not config.overwrite:
-            raise UserError(f"{out_dir} holds an earlier run ({earlier[0]}): continue it with --resume, start "
-                            "over with --overwrite (its checkpoints are replaced), or choose another --out-dir")
-
     ranks.together(world, check_sizes)
     with ranks.on_rank0(world, claim_directory(out_dir)):
-        ranks.from_rank0(world, refuse_to_replace_a_run)
+        ranks.from_rank0(world, refuse_to_replace_a_run)  # again, now that no other run can write out_dir
         return _fit(config, device, dataset, resume_meta, model, arrays, log, world)
 
 
@@ -362,10 +373,11 @@ def _fit(config: TrainConfig, device: str, dataset: TokenDataset, resume_meta: d
     log(f"done: {state['step']} steps in {state['elapsed_s']:.1f}s, val loss {row.get('val_loss', float('nan')):.4f}; "
         f"checkpoint {checkpoint_path(out_dir)}")
     if config.sample_tokens:
-        prompt = tokenizer.encode(sampling.default_prompt(tokenizer))
-        ids = sampling.generate(model, np.asarray(prompt, dtype=np.int64)[None, :], config.sample_tokens,
-                                rng=np.random.default_rng(config.seed))
-        print(tokenizer.decode(ids[0]))
+        prompt = sampling.default_prompt(tokenizer)
+        ids = sampling.generate(model, tokenizer.encode(prompt).astype(np.int64)[None, :], config.sample_tokens,
+                                rng=np.random.default_rng(config.seed))  # (1, len(prompt ids) + sample_tokens)
+        new = ids[0, -config.sample_tokens:, None]  # (sample_tokens, 1), as sampling.stream yields them
+        print(prompt + "".join(sampling.text_pieces(tokenizer, new)))  # (bytes that are no character: U+FFFD)
     return row
 
 

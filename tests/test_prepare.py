@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt import prepare as prep
-from gpt import sample, train
+from gpt import sample, sampling, train
 from gpt.bpe import BPETokenizer, split_chunks
 from gpt.checkpoint import load_checkpoint
 from gpt.data import CharDataset
@@ -210,9 +210,9 @@ class _Tokens:
 
 def test_the_sampler_prints_a_character_only_once_its_bytes_are_complete():
     bytes_only = BPETokenizer([])  # every token one byte
-    pieces = list(sample._text_pieces(bytes_only, _Tokens(list("aé€".encode())), None, ""))
+    pieces = list(sampling.text_pieces(bytes_only, _Tokens(list("aé€".encode())), None, ""))
     assert pieces == ["a", "", "é", "", "", "€", ""]
-    cut_short = list(sample._text_pieces(bytes_only, _Tokens(list("€".encode())[:2]), None, ""))
+    cut_short = list(sampling.text_pieces(bytes_only, _Tokens(list("€".encode())[:2]), None, ""))
     assert "".join(cut_short) == "\ufffd"  # bytes that never form a character
 
 
@@ -220,12 +220,12 @@ def test_stop_is_found_inside_a_token_and_across_tokens():
     words = BPETokenizer.train("to be or not to be " * 20, 300)
     ids = words.encode(" not to be or")
     assert any(len(words.token_bytes(i)) > 2 for i in ids)  # tokens of several characters
-    assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "o", "")) == " no"
-    assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "to b", "")) == " not to b"
-    assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "be", "to ")) == " not to be"
-    assert "".join(sample._text_pieces(words, _Tokens(list(ids)), "e not", "to be")) == " not"  # from the prompt
+    assert "".join(sampling.text_pieces(words, _Tokens(list(ids)), "o", "")) == " no"
+    assert "".join(sampling.text_pieces(words, _Tokens(list(ids)), "to b", "")) == " not to b"
+    assert "".join(sampling.text_pieces(words, _Tokens(list(ids)), "be", "to ")) == " not to be"
+    assert "".join(sampling.text_pieces(words, _Tokens(list(ids)), "e not", "to be")) == " not"  # from the prompt
     chars = CharTokenizer("abc")
-    assert "".join(sample._text_pieces(chars, _Tokens([0, 1, 2, 0]), "ca", "")) == "abca"
+    assert "".join(sampling.text_pieces(chars, _Tokens([0, 1, 2, 0]), "ca", "")) == "abca"
 
 
 @pytest.mark.parametrize("merges, message", [([[0, 999]], "does not exist before it"),
@@ -298,3 +298,40 @@ def test_resuming_on_a_changed_corpus_says_the_vocabulary_is_the_runs(corpus, tm
     err = capsys.readouterr().err.strip()
     assert "the run's character vocabulary, fixed when it started, cannot encode" in err and "'Z'" in err
     assert "\n" not in err
+
+
+def test_a_checkpoint_rewritten_after_a_resume_read_it_is_not_trained_over(corpus, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    common = ["--out-dir", out, "--resume"]
+    assert train.main([str(a) for a in ["--data", corpus, "--out-dir", out, "--max-iters", "3", *TINY]]) == 0
+    real_prepare = train.prepare
+
+    def another_run_finishes_first(*args, **kwargs):  # while this resume tokenizes the corpus
+        monkeypatch.setattr(train, "prepare", real_prepare)
+        assert train.main([str(a) for a in [*common, "--max-iters", "6"]]) == 0
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(train, "prepare", another_run_finishes_first)
+    capsys.readouterr()
+    assert train.main([str(a) for a in [*common, "--max-iters", "5"]]) == 2
+    assert "was written by another run after this one read it" in capsys.readouterr().err
+    assert load_checkpoint(out / "ckpt.npz")[1]["step"] == 6
+    assert [r["step"] for r in read_metrics(out)][-1] == 6
+
+
+def test_an_empty_val_split_is_refused_before_the_out_dir_is_made(corpus, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert train.main([str(a) for a in ["--data", corpus, "--out-dir", out, "--val-fraction", "1e-17", *TINY]]) == 2
+    assert "the val split has 0 tokens" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_sample_of_bytes_that_are_no_character_prints_without_a_traceback(corpus, tmp_path, capsys, monkeypatch):
+    def bytes_of_a_lone_surrogate(model, idx, n, **options):
+        return np.concatenate([idx, np.array([[0xED, 0xA0, 0x80] + [97] * (n - 3)])], axis=1)
+
+    monkeypatch.setattr(sampling, "generate", bytes_of_a_lone_surrogate)
+    args = ["--data", corpus, "--out-dir", tmp_path / "run", "--tokenizer", "bpe", "--vocab-size", "300",
+            "--max-iters", "1", *TINY]
+    args[args.index("--sample-tokens") + 1] = "5"
+    assert train.main([str(a) for a in args]) == 0
+    assert capsys.readouterr().out.endswith("\n\ufffd\ufffd\ufffdaa\n")
