@@ -49,3 +49,12 @@ def cuda() -> str:
     """For tests that compare the GPU against the CPU: skips with the reason without one."""
     _skip_without_cuda()
     return "cuda"
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    """A small text of a few distinct lines, for runs of the trainer and the sampler."""
+    path = tmp_path / "poem.txt"
+    lines = ["the quick brown fox jumps over the lazy dog", "to be or not to be, that is the question"]
+    path.write_text("\n".join(lines * 40) + "\n")
+    return path

@@ -34,14 +34,6 @@ TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16
 AFTER_KILL = "the last checkpoint written, if any, is intact (continue with --resume)"
 
 
-@pytest.fixture
-def text_file(tmp_path) -> Path:
-    path = tmp_path / "poem.txt"
-    lines = ["the quick brown fox jumps over the lazy dog", "to be or not to be, that is the question"]
-    path.write_text("\n".join(lines * 40) + "\n")
-    return path
-
-
 class Rank(World):
     """Rank `rank` of a world of `size`, without MPI: for what a rank computes on its own."""
 

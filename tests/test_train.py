@@ -24,14 +24,6 @@ TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16
         "--eval-iters", "2", "--sample-tokens", "0", "--quiet"]
 
 
-@pytest.fixture
-def text_file(tmp_path) -> Path:
-    path = tmp_path / "poem.txt"
-    lines = ["the quick brown fox jumps over the lazy dog", "to be or not to be, that is the question"]
-    path.write_text("\n".join(lines * 40) + "\n")
-    return path
-
-
 def run_train(*args: str) -> int:
     return train.main([str(a) for a in args])
 
