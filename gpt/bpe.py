@@ -24,7 +24,7 @@ from itertools import chain, repeat
 import numpy as np
 
 from .errors import UserError
-from .tokenizer import smallest_uint
+from .tokenizer import description_field, smallest_uint
 
 N_BYTES = 256  # the base alphabet: ids 0..255 are the byte values
 # Ids are stored in the smallest unsigned dtype that holds the vocabulary, uint32 at most: a
@@ -267,15 +267,10 @@ class BPETokenizer:
     @classmethod
     def from_json(cls, text: str) -> BPETokenizer:
         """The tokenizer described by to_json's output."""
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"tokenizer description is not valid JSON ({exc})") from None
-        if not isinstance(obj, dict) or obj.get("type") != "bpe" or not isinstance(obj.get("merges"), list):
-            raise UserError('tokenizer description must be a JSON object {"type": "bpe", "merges": [[a, b], ...]}')
-        for rank, pair in enumerate(obj["merges"]):
+        merges = description_field(text, "bpe", "merges", list, '{"type": "bpe", "merges": [[a, b], ...]}')
+        for rank, pair in enumerate(merges):
             if (not isinstance(pair, list) or len(pair) != 2
                     or any(isinstance(x, bool) or not isinstance(x, int) for x in pair)):
                 raise UserError(f"tokenizer description: BPE merge {rank} must be a pair of ids [a, b], "
                                 f"got {json.dumps(pair)}")
-        return cls(obj["merges"])
+        return cls(merges)

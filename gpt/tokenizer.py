@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -93,10 +94,16 @@ class CharTokenizer:
     @classmethod
     def from_json(cls, text: str) -> CharTokenizer:
         """The tokenizer described by to_json's output."""
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"tokenizer description is not valid JSON ({exc})") from None
-        if not isinstance(obj, dict) or obj.get("type") != "char" or not isinstance(obj.get("chars"), str):
-            raise UserError('tokenizer description must be a JSON object {"type": "char", "chars": "..."}')
-        return cls(obj["chars"])
+        return cls(description_field(text, "char", "chars", str, '{"type": "char", "chars": "..."}'))
+
+
+def description_field(text: str, kind: str, key: str, value_type: type, form: str) -> Any:
+    """The `key` field of a tokenizer's JSON description (to_json's output) of type `kind`; a
+    one-line UserError, showing the expected `form`, where text is not such a description."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"tokenizer description is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("type") != kind or not isinstance(obj.get(key), value_type):
+        raise UserError(f"tokenizer description must be a JSON object {form}")
+    return obj[key]
