@@ -20,24 +20,26 @@ from . import sampling
 
 
 class BigramLanguageModel(nn.Module):
-    def __init__(self, vocab_size: int):
+    def __init__(self, vocab_size: int, fused: bool = True):
         self.vocab_size = vocab_size
+        self.fused = fused  # the loss from pair counts (True) or as the lecture takes it (False)
         self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
         # Small logits give a near-uniform first guess, so the untrained loss is ln(V)
         # (PyTorch's N(0, 1) default would start near ln(V) + 0.5).
         self.token_embedding_table.weight.data *= 0.01
 
     def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
-        """idx (B, T) ids -> logits (B, T, V), and the mean cross-entropy if targets are given.
-
-        The loss is taken from the table, not from the logits: positions with the same
-        character share a row of logits, so one log softmax per row that the batch reads (at
-        most V, instead of B*T) and the counts of (character, next character) pairs give the
-        same loss and gradient (F.embedding_cross_entropy)."""
-        table = self.token_embedding_table.weight  # (V, V)
+        """idx (B, T) ids -> logits (B, T, V), and the mean cross-entropy if targets are given."""
         logits = self.token_embedding_table(idx)  # (B, T, V)
-        loss = None if targets is None else F.embedding_cross_entropy(idx, table, targets)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        if self.fused:
+            # The same loss and gradient from the table: positions that read one character
+            # share its row of logits, so one log softmax per row read (at most V, not B*T)
+            # and the counts of (character, next character) pairs suffice (docs/03-bigram.md).
+            return logits, F.embedding_cross_entropy(idx, self.token_embedding_table.weight, targets)
+        B, T, V = logits.shape  # as the lecture: one row of logits per position, B*T of them
+        return logits, F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
 
     def new_cache(self) -> None:
         return None  # only the last token matters: there is nothing to cache

@@ -38,6 +38,10 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms
     tie_weights: bool = True  # lm_head reuses the token embedding (as GPT-2)
+    # True: attention, LayerNorm and GELU each run as one fused op with a hand-written backward
+    # (nanograd/ops/nn.py). False: as the lecture writes them, from Tensor ops (the reference:
+    # slower, the same numbers; tests/test_gpt.py checks that the two agree).
+    fused: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -53,26 +57,74 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.fused = config.fused
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # tril[t, s]: position t may look at position s (s <= t)
+        self.tril = np.tril(np.ones((config.block_size, config.block_size), dtype=bool))
 
     def forward(self, x: Tensor) -> Tensor:
         qkv = self.c_attn(x)  # (B, T, 3C): the queries, keys and values of every head at once
-        dropout = self.dropout if self.training else 0.0
-        y = F.self_attention(qkv, self.n_head, causal=True, dropout=dropout)  # (B, T, C)
+        if self.fused:  # the same computation as attend() below, as one op
+            dropout_p = self.dropout if self.training else 0.0
+            y = F.self_attention(qkv, self.n_head, causal=True, dropout=dropout_p)  # (B, T, C)
+        else:
+            y = self.attend(qkv)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
+
+    def attend(self, qkv: Tensor) -> Tensor:
+        """Multi-head causal self-attention, as the lecture writes it: qkv (B, T, 3C) -> (B, T, C)."""
+        B, T, C3 = qkv.shape
+        C, nh = C3 // 3, self.n_head
+        hs = C // nh
+        q, k, v = qkv[:, :, :C], qkv[:, :, C : 2 * C], qkv[:, :, 2 * C :]  # (B, T, C) each
+        # each head gets its own hs channels: (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
+        q = q.reshape(B, T, nh, hs).transpose(1, 2)
+        k = k.reshape(B, T, nh, hs).transpose(1, 2)
+        v = v.reshape(B, T, nh, hs).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T): query t . key s
+        att = F.masked_fill(att, ~self.tril[:T, :T], float("-inf"))  # no looking ahead
+        att = F.softmax(att, axis=-1)  # (B, nh, T, T): each row a weighting of positions 0..t
+        att = self.attn_dropout(att)
+        y = att @ v  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs): the weighted values
+        return y.transpose(1, 2).reshape(B, T, C)  # heads side by side again: (B, T, C)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + (math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)).tanh())
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
+        self.fused = config.fused
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.gelu(self.c_fc(x))  # (B, T, 4C)
+        h = self.c_fc(x)  # (B, T, 4C)
+        h = F.gelu(h) if self.fused else gelu(h)  # (B, T, 4C)
         return self.dropout(self.c_proj(h))  # (B, T, C)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nanograd's LayerNorm (one fused op), or with fused=False the lecture's computation."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config.n_embd, bias=config.bias)
+        self.fused = config.fused
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fused:
+            return super().forward(x)
+        mean = x.mean(-1, keepdims=True)  # (B, T, 1)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)  # (B, T, 1): biased, as PyTorch's
+        xhat = (x - mean) / (var + self.eps).sqrt()  # (B, T, C): mean 0, variance 1 in each row
+        y = xhat * self.weight  # (B, T, C) * (C,)
+        return y if self.bias is None else y + self.bias
 
 
 class Block(nn.Module):
@@ -83,9 +135,9 @@ class Block(nn.Module):
     """
 
     def __init__(self, config: GPTConfig):
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -99,7 +151,7 @@ class Transformer(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embeddings
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = LayerNorm(config)
 
 
 class GPT(nn.Module):

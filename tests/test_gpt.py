@@ -6,8 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nanograd
+from gpt.bigram import BigramLanguageModel
 from gpt.errors import UserError
 from gpt.model import GPT, GPTConfig
 from nanograd import gradcheck, no_grad, optim
@@ -46,6 +49,47 @@ def test_whole_model_gradient_matches_finite_differences(bias, tie_weights):
     names, params = zip(*model.named_parameters())
     # gradcheck perturbs the parameters' own arrays, so the loss can read them from the model
     assert gradcheck(lambda *_: model(idx, targets)[1], *params, names=names)
+
+
+def loss_and_gradients(model, idx, targets) -> tuple[float, dict[str, np.ndarray]]:
+    for p in model.parameters():
+        p.data = p.data.astype(np.float64)  # float64: the two paths may differ only by rounding
+    _, loss = model(idx, targets)
+    loss.backward()
+    return loss.item(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def assert_same_loss_and_gradients(fused, reference, idx, targets) -> None:
+    loss, grads = loss_and_gradients(fused, idx, targets)
+    reference_loss, reference_grads = loss_and_gradients(reference, idx, targets)
+    assert loss == pytest.approx(reference_loss, rel=1e-12)
+    for name, grad in grads.items():
+        np.testing.assert_allclose(grad, reference_grads[name], rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), T=st.integers(1, 6), n_head=st.integers(1, 3), head_size=st.integers(1, 4),
+       n_layer=st.integers(1, 2), vocab_size=st.integers(2, 9), bias=st.booleans(), tie_weights=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fused_ops_compute_the_lectures_gpt(B, T, n_head, head_size, n_layer, vocab_size, bias, tie_weights, seed):
+    """GPTConfig(fused=True) (attention, LayerNorm and GELU as one op each) gives the loss and
+    every gradient of fused=False (the lecture's Tensor ops), with the same weights."""
+    config = dict(vocab_size=vocab_size, block_size=T, n_layer=n_layer, n_head=n_head,
+                  n_embd=n_head * head_size, bias=bias, tie_weights=tie_weights)
+    fused, reference = (tiny_gpt(seed, **config, fused=flag) for flag in (True, False))
+    idx, targets = random_ids((B, T), vocab_size, seed), random_ids((B, T), vocab_size, seed + 1)
+    assert_same_loss_and_gradients(fused, reference, idx, targets)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 4), T=st.integers(1, 8), vocab_size=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_the_bigrams_loss_from_counts_is_the_lectures_cross_entropy(B, T, vocab_size, seed):
+    fused, reference = (BigramLanguageModel(vocab_size, fused=flag) for flag in (True, False))
+    weights = np.random.default_rng(seed).normal(0.0, 3.0, (vocab_size, vocab_size))
+    reference.load_state_dict({"token_embedding_table.weight": weights})
+    fused.load_state_dict({"token_embedding_table.weight": weights})
+    idx, targets = random_ids((B, T), vocab_size, seed), random_ids((B, T), vocab_size, seed + 1)
+    assert_same_loss_and_gradients(fused, reference, idx, targets)
 
 
 def test_untrained_loss_is_near_uniform_guess():
