@@ -44,42 +44,55 @@ def gradcheck(
                 f"gradcheck: {label[i]} is {inputs[i].dtype}; finite differences need float64 "
                 "(build it with Tensor(data, requires_grad=True, dtype=np.float64))"
             )
-
-    out = fn(*inputs)
-    weights = np.random.default_rng(seed).standard_normal(out.shape)  # R
-    saved_grads = [inputs[i].grad for i in checked]
-    for i in checked:
-        inputs[i].grad = None
-    (out * Tensor(weights).to(out.device)).sum().backward()
-    analytic = {i: inputs[i].grad for i in checked}
-    for i, g in zip(checked, saved_grads):
-        inputs[i].grad = g
+    weights = np.random.default_rng(seed).standard_normal(fn(*inputs).shape)  # R
 
     def loss() -> float:
         with no_grad():
             return float((fn(*inputs).numpy() * weights).sum())
 
+    analytic = _analytic_gradients(fn, inputs, checked, weights)
     for i in checked:
-        x = inputs[i].data
         if analytic[i] is None:
             raise AssertionError(f"gradcheck: {label[i]} got no gradient (is it used by fn?)")
         a = Tensor(analytic[i]).numpy().astype(np.float64)
-        numerical = np.zeros(x.shape)
-        for idx in np.ndindex(*x.shape):
-            original = x[idx].item()
-            x[idx] = original + eps
-            plus = loss()
-            x[idx] = original - eps
-            minus = loss()
-            x[idx] = original
-            numerical[idx] = (plus - minus) / (2 * eps)
+        numerical = _central_differences(loss, inputs[i].data, eps)
         excess = np.abs(a - numerical) - (atol + rtol * np.abs(numerical))
         if excess.size and (np.isnan(excess).any() or excess.max() > 0):
-            worst = np.unravel_index(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)), x.shape)
+            worst = np.unravel_index(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)), a.shape)
             raise AssertionError(
-                f"gradcheck failed for {label[i]} (shape {x.shape}) at element {tuple(map(int, worst))}: "
+                f"gradcheck failed for {label[i]} (shape {a.shape}) at element {tuple(map(int, worst))}: "
                 f"analytic {a[worst]:.8g}, numerical {numerical[worst]:.8g}, "
                 f"|difference| {abs(a[worst] - numerical[worst]):.3g} > "
                 f"atol {atol} + rtol {rtol} * |numerical|"
             )
     return True
+
+
+def _analytic_gradients(fn: Callable[..., Tensor], inputs: Sequence[Tensor], checked: list[int],
+                        weights: np.ndarray) -> dict[int, object]:
+    """dL/dx for each checked input from one backward pass of L = sum(fn(*inputs) * R); the
+    inputs' own .grad are left as they were."""
+    saved_grads = [inputs[i].grad for i in checked]
+    for i in checked:
+        inputs[i].grad = None
+    out = fn(*inputs)
+    (out * Tensor(weights).to(out.device)).sum().backward()
+    analytic = {i: inputs[i].grad for i in checked}
+    for i, g in zip(checked, saved_grads):
+        inputs[i].grad = g
+    return analytic
+
+
+def _central_differences(loss: Callable[[], float], x: np.ndarray, eps: float) -> np.ndarray:
+    """(L(x_i + eps) - L(x_i - eps)) / (2 eps) for every element x_i of the array x, which
+    loss() reads (x is moved one element at a time and put back)."""
+    numerical = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        original = x[idx].item()
+        x[idx] = original + eps
+        plus = loss()
+        x[idx] = original - eps
+        minus = loss()
+        x[idx] = original
+        numerical[idx] = (plus - minus) / (2 * eps)
+    return numerical
