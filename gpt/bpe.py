@@ -108,15 +108,12 @@ def train_merges(chunk_counts: dict[bytes, int], n_merges: int) -> list[tuple[in
     for w, (word, freq) in enumerate(zip(words, freqs)):
         for pair in zip(word, word[1:]):
             counts[pair] = counts.get(pair, 0) + freq
-            if pair in where:
-                where[pair].add(w)
-            else:
-                where[pair] = {w}
+            _note_chunk(where, pair, w)
     heap = [(-count, pair) for pair, count in counts.items()]
     heapify(heap)
 
     merges: list[tuple[int, int]] = []
-    counts_get = counts.get
+    counts_get = counts.get  # looked up once: it runs for every changed pair of every merge
     while len(merges) < n_merges and heap:
         negative, pair = heappop(heap)
         count = counts_get(pair, 0)
@@ -124,27 +121,8 @@ def train_merges(chunk_counts: dict[bytes, int], n_merges: int) -> list[tuple[in
             if 0 < count < -negative:  # the count shrank since it was pushed: push it back
                 heappush(heap, (-count, pair))
             continue  # (a count that grew has a newer entry further up the heap)
-        a, b = pair
-        new = N_BYTES + len(merges)
+        delta = _merge_everywhere(pair, N_BYTES + len(merges), words, freqs, where)
         merges.append(pair)
-        delta: dict[tuple[int, int], int] = {}
-        delta_get = delta.get
-        for w in where.pop(pair):
-            word = words[w]
-            merged = _merge_pair(word, a, b, new)
-            if len(merged) == len(word):  # the pair left this chunk in an earlier merge
-                continue
-            freq = freqs[w]
-            for old in zip(word, word[1:]):
-                delta[old] = delta_get(old, 0) - freq
-            for fresh in zip(merged, merged[1:]):
-                delta[fresh] = delta_get(fresh, 0) + freq
-                if new in fresh:  # the only pairs this chunk did not hold before
-                    if fresh in where:
-                        where[fresh].add(w)
-                    else:
-                        where[fresh] = {w}
-            words[w] = merged
         for changed, d in delta.items():
             if d:
                 count = counts_get(changed, 0) + d
@@ -152,6 +130,36 @@ def train_merges(chunk_counts: dict[bytes, int], n_merges: int) -> list[tuple[in
                 if d > 0:
                     heappush(heap, (-count, changed))
     return merges
+
+
+def _note_chunk(where: dict[tuple[int, int], set[int]], pair: tuple[int, int], w: int) -> None:
+    if pair in where:
+        where[pair].add(w)
+    else:
+        where[pair] = {w}
+
+
+def _merge_everywhere(pair: tuple[int, int], new: int, words: list[list[int]], freqs: list[int],
+                      where: dict[tuple[int, int], set[int]]) -> dict[tuple[int, int], int]:
+    """Replace pair by the token `new` in every chunk that holds it (words[w] in place, and
+    the chunks of the new pairs noted in `where`). Returns how each pair's count changes."""
+    a, b = pair
+    delta: dict[tuple[int, int], int] = {}
+    delta_get = delta.get
+    for w in where.pop(pair):
+        word = words[w]
+        merged = _merge_pair(word, a, b, new)
+        if len(merged) == len(word):  # the pair left this chunk in an earlier merge
+            continue
+        freq = freqs[w]
+        for old in zip(word, word[1:]):
+            delta[old] = delta_get(old, 0) - freq
+        for fresh in zip(merged, merged[1:]):
+            delta[fresh] = delta_get(fresh, 0) + freq
+            if new in fresh:  # the only pairs this chunk did not hold before
+                _note_chunk(where, fresh, w)
+        words[w] = merged
+    return delta
 
 
 class BPETokenizer:
