@@ -175,3 +175,18 @@ def test_prepare_memory_reports_the_peak_of_a_streamed_corpus(tmp_path):
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)
     assert row["text_bytes"] >= 10**6 and 20 * 2**20 < row["peak_rss_bytes"] < 2**30
+
+
+def test_versus_times_an_earlier_commit_and_this_tree_in_turns():
+    result = bench("versus.py", "HEAD", "--rounds", "1", "--", "--preset", "bigram", "--no-torch", "--steps", "2",
+                   "--rounds", "1", "--warmup", "0")
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()
+    assert "after/before" in header
+    before, after, ratio = (float(v) for v in row.split("|")[1].split())
+    assert row.split()[0] == "bigram" and ratio == pytest.approx(after / before, abs=0.01)
+
+
+def test_versus_refuses_an_unknown_commit_in_one_line():
+    result = bench("versus.py", "no-such-commit", "--", "--preset", "bigram")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "git archive" in result.stderr
