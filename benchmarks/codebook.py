@@ -11,7 +11,7 @@ For each tokenizer (gpt.prepare, trained on the train split only):
   weights are tied) and their share of the model;
 - the share of the vocabulary seen fewer than 10 times in the train split (tokens the model
   barely learns);
-- the tokenizer's training time (gpt.bpe.train_merges on the train split's chunk counts);
+- the tokenizer's training time (BPETokenizer.train on the train split: chunks, counts, merges);
 - the baby model's val bits per character after the same number of steps (same batch and
   block in tokens, so a BPE model sees more text per step) and after the same training time
   (the char run's: each other run's val bits per character at that time, read off its

@@ -42,7 +42,7 @@ MAX_VOCAB_SIZE = 2**32
 # Why chunks: a pair that spans a boundary, such as "e c" in " the cat", is frequent only by
 # accident of word order, and merging it would spend vocabulary on phrases instead of on
 # pieces of words. Chunks also make training fast: a corpus of a million characters has only
-# about fifteen thousand distinct chunks, each counted once and weighted by its frequency.
+# about fourteen thousand distinct chunks, each counted once and weighted by its frequency.
 CHUNK_PATTERN = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
 
 # Python strings may hold lone surrogates (U+D800..U+DFFF), which strict UTF-8 refuses:

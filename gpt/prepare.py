@@ -12,7 +12,7 @@ Everything is cached beside the corpus, keyed by the corpus's sha256, so a secon
 retrains the tokenizer nor encodes again:
 
     <corpus dir>/tokenized/<sha256 of the corpus, 16 hex digits>/
-        char.tokenizer.json, bpe-512.tokenizer.json, ...     the tokenizer for those settings
+        char.tokenizer.json, bpe-512-val0.1.tokenizer.json, ...     the tokenizer for those settings
         ids-<sha256 of the tokenizer's JSON, 16>-val0.1/     train.bin, val.bin, meta.json
 
 meta.json is written last and names every size, so a cache cut short by a crash, or a .bin
