@@ -25,8 +25,9 @@ from common import time_calls, usable_device  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt import sampling  # noqa: E402
+from gpt.checkpoint import checkpoint_path, load_run  # noqa: E402
+from gpt.config import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
-from gpt.run import PRESETS, TrainConfig, build_model, checkpoint_path, load_run  # noqa: E402
 
 WARMUP_TOKENS = 20  # generated, untimed, before each timed run
 

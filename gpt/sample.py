@@ -14,8 +14,9 @@ import numpy as np
 from nanograd import backend
 
 from . import sampling
+from .checkpoint import checkpoint_path, load_run
+from .config import check_device
 from .errors import UserError, exit_status
-from .run import check_device, checkpoint_path, load_run
 
 
 def build_parser() -> argparse.ArgumentParser:
