@@ -275,7 +275,7 @@ def test_dropout_draws_a_stream_per_step_and_rank_that_a_resumed_run_draws_again
 @pytest.mark.parametrize("flags, message", [
     (["--workers", "3"], "--workers 3 asks for 3 processes, and mpiexec started 2: leave --workers out under mpiexec"),
     (["--batch-size", "1"], "2 processes cannot share batches of 1: each needs a sequence at least"),
-    (["--n-embd", "15"], "--n-embd (15) must be divisible by --n-head (2)"),
+    (["--n-embd", "15"], "n_embd (15) must be divisible by n_head (2)"),
     (["--resume"], "no checkpoint at"),
 ])
 def test_a_refusal_is_one_line_from_rank_0(text_file, tmp_path, flags, message):
