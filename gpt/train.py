@@ -13,6 +13,7 @@ run's files and prints.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import sys
@@ -117,6 +118,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return groups
 
 
+def dropout_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of dropout's generator at a step on a rank, one stream per (seed, step, rank):
+    the ranks draw different masks, and on the CPU, where the trainer reseeds at every step
+    (a new NumPy generator is cheap), a run resumed at any step draws the masks that the
+    uninterrupted run drew. A GPU's generator is seeded once, where the run starts (a new
+    CuPy generator sets up a state per GPU thread), so its masks after a resume differ."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+
 def fit(config: TrainConfig, device: str, dataset: TokenDataset, model: nn.Module, resumed: SavedRun | None,
         log: Callable[[str], None], world: World) -> dict[str, Any]:
     """The training loop, in a claimed out_dir (see train); returns the last evaluation's row."""
@@ -202,9 +213,10 @@ def train(config: TrainConfig, resumed: SavedRun | None = None, world: World | N
     dataset = corpus.dataset()
 
     def check_sizes() -> None:
-        remedy = "use a longer text (a resumed run keeps its block size)" if resumed else \
-            "use a longer text or a smaller --block-size"
-        dataset.check_block_size(config.block_size, remedy)
+        if resumed is None:
+            dataset.check_block_size(config.block_size)
+        else:
+            dataset.check_block_size(config.block_size, "use a longer text (a resumed run keeps its block size)")
         if device == "cpu":  # (a GPU's memory is its own: CuPy raises a MemoryError there)
             check_memory(memory_lower_bound(config, dataset.vocab_size, training=True, processes=world.local_size),
                          "training this model")
@@ -220,23 +232,14 @@ def train(config: TrainConfig, resumed: SavedRun | None = None, world: World | N
         return fit(config, device, dataset, model, resumed, log, world)
 
 
-def dropout_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of dropout's generator at a step on a rank, one stream per (seed, step, rank):
-    the ranks draw different masks, and on the CPU, where the trainer reseeds at every step
-    (a new NumPy generator is cheap), a run resumed at any step draws the masks that the
-    uninterrupted run drew. A GPU's generator is seeded once, where the run starts (a new
-    CuPy generator sets up a state per GPU thread), so its masks after a resume differ."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-
-def run(args, world: World) -> None:
+def run(args: argparse.Namespace, world: World) -> None:
+    """The run that the flags ask for: a new one, or the one in --out-dir continued (--resume)."""
     if args.resume and args.overwrite:  # (every rank reads the same flags)
         raise every_rank(UserError("--resume continues the run in --out-dir and --overwrite replaces it: give one"))
     if args.resume:
         args.out_dir = args.out_dir or "out"  # the run is read from there: it goes on there too
         path = checkpoint_path(args.out_dir)
-        # rank 0 reads the checkpoint and sends it to the others (on the CPU: train() moves the model)
+        # rank 0 reads the checkpoint and sends it to the others (on the CPU: fit() moves the model)
         resumed = ranks.from_rank0(world, lambda: load_run(path, resuming=True))
         saved = resumed.config
 
@@ -255,7 +258,7 @@ def run(args, world: World) -> None:
         train(ranks.together(world, lambda: resolve(args)), world=world)
 
 
-def processes_for(args) -> int:
+def processes_for(args: argparse.Namespace) -> int:
     """How many processes a run started without mpiexec takes (TrainConfig.data_parallel_workers);
     1 where its settings cannot be read, and the run in this process then says why."""
     try:
