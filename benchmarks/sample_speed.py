@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--tokens must be at least 1")
     args.device = usable_device(args.device)
     if args.out_dir:
-        model = load_run(checkpoint_path(args.out_dir), args.device)[0]
+        model = load_run(checkpoint_path(args.out_dir), args.device).model
         if model.new_cache() is None:  # the bigram: one character of context, nothing to cache
             raise UserError(f"the model in {args.out_dir} keeps no KV cache (a bigram): train a GPT to time it")
     else:

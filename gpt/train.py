@@ -264,7 +264,7 @@ def processes_for(args: argparse.Namespace) -> int:
     try:
         saved = load_checkpoint(checkpoint_path(args.out_dir or "out"))[1]["config"] if args.resume else None
         return resolve(args, saved=saved).data_parallel_workers()
-    except (UserError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):  # (a UserError is a ValueError)
         return 1
 
 

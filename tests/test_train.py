@@ -500,8 +500,9 @@ def test_a_checkpoint_config_of_the_wrong_types_is_a_user_error(text_file, tmp_p
         save_checkpoint(out / "ckpt.npz", arrays, {**meta, "config": config})
         capsys.readouterr()
         assert sample.main(["--out-dir", str(out)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error:") and "no usable config" in err and "\n" not in err
+        assert run_train("--out-dir", out, "--resume") == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 2 and all(e.startswith("error:") and "no usable config" in e for e in errors)
 
 
 def test_explain_refuses_a_picture_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch):
