@@ -41,7 +41,7 @@ from .prepare import prepare
 
 @no_grad()
 def estimate_loss(model: Any, world: World, batches: list[tuple[np.ndarray, np.ndarray]], device: str,
-                  after_round: Callable[[int], None] = lambda done: None) -> float:
+                  after_round: Callable[[int], None]) -> float:
     """Mean loss over fixed batches of equal size, in eval mode (no dropout) and with no graph.
 
     The batches are shared out in rounds: in each, rank r takes the round's r-th batch. The
