@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
 
+from gpt.config import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
-from gpt.run import PRESETS, TrainConfig, build_model  # noqa: E402
 from nanograd import distributed  # noqa: E402
 from nanograd.distributed import World  # noqa: E402
 

@@ -40,9 +40,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from gpt.bpe import N_BYTES, BPETokenizer  # noqa: E402
+from gpt.config import PRESETS  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.prepare import prepare  # noqa: E402
-from gpt.run import PRESETS  # noqa: E402
 
 RARE = 10  # a token seen fewer times than this in the train split counts as rare
 BLOCK_TOKENS = 256  # the block of the lecture's final model

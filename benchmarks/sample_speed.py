@@ -25,8 +25,9 @@ from common import time_calls, usable_device  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt import sampling  # noqa: E402
+from gpt.checkpoint import checkpoint_path, load_run  # noqa: E402
+from gpt.config import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
-from gpt.run import PRESETS, TrainConfig, build_model, checkpoint_path, load_run  # noqa: E402
 
 WARMUP_TOKENS = 20  # generated, untimed, before each timed run
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--tokens must be at least 1")
     args.device = usable_device(args.device)
     if args.out_dir:
-        model = load_run(checkpoint_path(args.out_dir), args.device)[0]
+        model = load_run(checkpoint_path(args.out_dir), args.device).model
         if model.new_cache() is None:  # the bigram: one character of context, nothing to cache
             raise UserError(f"the model in {args.out_dir} keeps no KV cache (a bigram): train a GPT to time it")
     else:

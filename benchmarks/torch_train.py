@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import blas_threads, torch_or_none  # noqa: E402
 
 import nanograd  # noqa: E402
+from gpt.config import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.data import CharDataset, load_text  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
-from gpt.run import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.train import lr_at  # noqa: E402
 
 

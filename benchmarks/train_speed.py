@@ -48,9 +48,10 @@ from common import (  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt import ranks  # noqa: E402
+from gpt.config import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
-from gpt.run import PRESETS, TrainConfig, build_model, check_memory, memory_lower_bound, parameter_groups  # noqa: E402
-from gpt.train import train_step  # noqa: E402
+from gpt.memory import check_memory, memory_lower_bound  # noqa: E402
+from gpt.train import parameter_groups, train_step  # noqa: E402
 from nanograd import backend, distributed, optim  # noqa: E402
 from nanograd.distributed import World  # noqa: E402
 
@@ -120,7 +121,7 @@ def torch_trainer(torch: ModuleType, config: TrainConfig, nanograd_model: Any = 
     x, y = random_batch(config)
     if nanograd_model is not None:
         check_same_loss(nanograd_model, model, x, y, config.device)
-    # the same AdamW groups as gpt.run.parameter_groups: no decay on 1-D parameters
+    # the same AdamW groups as gpt.train.parameter_groups: no decay on 1-D parameters
     groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))

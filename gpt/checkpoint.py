@@ -1,4 +1,5 @@
-"""Checkpoints: one .npz file holding named arrays plus a JSON metadata blob, never pickle.
+"""Checkpoints: one .npz file holding named arrays plus a JSON metadata blob, never pickle;
+and a training run's checkpoint in that file: its model, optimizer, settings and tokenizer.
 
 The metadata is stored inside the archive (as the UTF-8 bytes of its JSON, a uint8 array
 under META_KEY), so a checkpoint is a single file. It is written under a temporary name in
@@ -8,17 +9,23 @@ so a crash or Ctrl-C mid-write leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
+from nanograd import nn, optim
+
+from .config import TrainConfig, build_model, config_from
 from .errors import UserError
 from .fileio import atomic_write
+from .memory import check_memory, memory_lower_bound
+from .prepare import Tokenizer, tokenizer_from_json
 
 META_KEY = "__meta__"
 
@@ -130,3 +137,72 @@ def rng_from_json(state: dict[str, Any]) -> np.random.Generator:
     if _lists_for_arrays(bit_generator.state) != state:  # out-of-range numbers that NumPy wrapped round
         raise UserError(f"saved {name} random state is invalid (it does not read back as saved)")
     return np.random.Generator(bit_generator)
+
+
+def checkpoint_path(out_dir: str | Path, best: bool = False) -> Path:
+    """Where a run keeps its latest checkpoint (ckpt.npz), or its best one by val loss (best.npz)."""
+    return Path(out_dir) / ("best.npz" if best else "ckpt.npz")
+
+
+def save_run(path: Path, model: nn.Module, optimizer: optim.AdamW, config: TrainConfig,
+             tokenizer: Tokenizer, state: dict[str, Any]) -> None:
+    """Weights, optimizer moments, config, tokenizer and training state in one .npz (no pickle)."""
+    opt_state = optimizer.state_dict()
+    meta = {"format": 1, "config": dataclasses.asdict(config), "tokenizer": tokenizer.to_json(),
+            "optimizer_t": opt_state.pop("t"), **state}
+    arrays = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+              **{f"optim.{k}": v for k, v in opt_state.items()}}
+    save_checkpoint(path, arrays, meta)
+
+
+class SavedRun(NamedTuple):
+    """A run as a checkpoint holds it."""
+    model: nn.Module  # with its weights loaded
+    config: TrainConfig
+    tokenizer: Tokenizer
+    meta: dict[str, Any]  # the training state (see save_run)
+    arrays: dict[str, np.ndarray]  # the weights and the optimizer's moments
+
+
+def load_run(path: Path, device: str = "cpu", resuming: bool = False) -> SavedRun:
+    """The run saved in a checkpoint, its model on `device`. A damaged
+    one's error says what can be done instead: use the run's other checkpoint where that one is
+    intact, or (resuming) start over."""
+    try:
+        return _load_run(path, device)
+    except DamagedCheckpoint as exc:
+        raise DamagedCheckpoint(f"{exc}; {_way_forward(Path(path), resuming)}") from None
+
+
+def _way_forward(damaged: Path, resuming: bool) -> str:
+    """What to do about a damaged checkpoint in a run directory (see load_run)."""
+    best = damaged.name == checkpoint_path(damaged.parent, best=True).name
+    other = checkpoint_path(damaged.parent, best=not best)
+    try:
+        step = _load_run(other, "cpu").meta.get("step")
+    except UserError:  # missing or damaged too
+        return "start the run over with --overwrite" if resuming else "its run has no other usable checkpoint"
+    intact = f"{other} (step {step}) is intact"
+    if resuming:
+        return f"{intact}: copy it over {damaged} to resume from there, or start over with --overwrite"
+    return f"{intact}: sample from it {'without' if best else 'with'} --best"
+
+
+def _load_run(path: Path, device: str) -> SavedRun:
+    arrays, meta = load_checkpoint(path)
+    try:
+        config = config_from(dict(meta["config"]))
+        tokenizer = tokenizer_from_json(meta["tokenizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DamagedCheckpoint(f"checkpoint {path} has no usable config or tokenizer ({exc})") from None
+    check_memory(memory_lower_bound(config, tokenizer.vocab_size, training=False), f"the model in {path}")
+    model = build_model(config, tokenizer.vocab_size)
+    weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights)
+    except (KeyError, ValueError) as exc:
+        raise DamagedCheckpoint(f"checkpoint {path} does not match its model configuration: {exc}") from None
+    if not all(np.isfinite(w).all() for w in weights.values()):  # gpt.train never saves such weights
+        raise DamagedCheckpoint(f"checkpoint {path} holds weights that are not finite (NaN or inf): it cannot be used")
+    model.to(device)
+    return SavedRun(model, config, tokenizer, meta, arrays)

@@ -74,9 +74,8 @@ class TokenDataset:
     """A corpus as token ids, in a train and a val split (arrays, or np.memmap of files that
     gpt.prepare wrote), and the tokenizer that made them."""
 
-    def __init__(self, tokenizer: Any, train: np.ndarray, val: np.ndarray, splits: tuple[str, ...] = ("train", "val")):
+    def __init__(self, tokenizer: Any, train: np.ndarray, val: np.ndarray):
         self.tokenizer, self.train, self.val = tokenizer, train, val
-        self.splits = splits  # the splits in use: a CharDataset may have no val split
 
     @property
     def vocab_size(self) -> int:
@@ -89,9 +88,9 @@ class TokenDataset:
         return self.train if name == "train" else self.val
 
     def check_block_size(self, block_size: int, remedy: str = "use a longer text or a smaller --block-size") -> None:
-        """Every split that is used must hold at least one chunk of block_size + 1 tokens:
-        checked once up front, so a bad --block-size fails before training starts."""
-        for name in self.splits:
+        """Each split must hold at least one chunk of block_size + 1 tokens: checked once up
+        front, so a bad --block-size fails before training starts."""
+        for name in ("train", "val"):
             self._check_chunk_fits(name, block_size, remedy)
 
     def _check_chunk_fits(self, split: str, block_size: int, remedy: str) -> None:
@@ -134,9 +133,15 @@ class CharDataset(TokenDataset):
     on disk, for corpora of any size and for the BPE tokenizer."""
 
     def __init__(self, text: str, tokenizer: CharTokenizer | None = None, val_fraction: float = 0.1):
-        if not 0 <= val_fraction < 1:
-            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_val_fraction(val_fraction)
         tokenizer = tokenizer if tokenizer is not None else CharTokenizer.from_text(text)
         ids = tokenizer.encode(text)  # smallest unsigned dtype: 1 byte per character here
         n_train = int(len(ids) * (1 - val_fraction))
-        super().__init__(tokenizer, ids[:n_train], ids[n_train:], ("train", "val") if val_fraction else ("train",))
+        super().__init__(tokenizer, ids[:n_train], ids[n_train:])
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    """The share of a text held out for validation: some, and not all of it (an empty split
+    has no loss to estimate)."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must be between 0 and 1, got {val_fraction}")

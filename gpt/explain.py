@@ -31,11 +31,12 @@ from nanograd import Tensor, no_grad
 from nanograd import functional as F
 
 from .bigram import BigramLanguageModel
+from .checkpoint import checkpoint_path, load_run
+from .config import PRESETS, TrainConfig, build_model
 from .data import CharDataset, load_text
 from .errors import UserError, exit_status
 from .model import GPT, GPTConfig
 from .prepare import prepare
-from .run import PRESETS, TrainConfig, build_model, checkpoint_path, load_run
 
 
 def show(text: str) -> str:

@@ -320,7 +320,7 @@ def prepare(data: str | Path | None, tokenizer: str = "char", vocab_size: int | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .run import TOKENIZER_HELP, VOCAB_SIZE_HELP, check_tokenizer_settings
+    from .config import TOKENIZER_HELP, VOCAB_SIZE_HELP, check_tokenizer_settings
 
     parser = argparse.ArgumentParser(prog="python -m gpt.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="UTF-8 text file (default: tiny shakespeare)")

@@ -14,8 +14,9 @@ import numpy as np
 from nanograd import backend
 
 from . import sampling
+from .checkpoint import checkpoint_path, load_run
+from .config import check_device
 from .errors import UserError, exit_status
-from .run import check_device, checkpoint_path, load_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,16 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 0:
-        raise UserError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
+    """Every flag, before the checkpoint is loaded."""
+    sampling.check_options(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
-    if not args.temperature >= 0:
-        raise UserError(f"--temperature must be 0 or more (0: always the likeliest), got {args.temperature}")
-    if args.top_k is not None and args.top_k <= 0:
-        raise UserError(f"--top-k must be positive, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.stop == "":
         raise UserError("--stop must not be empty")
     if args.seed < 0:

@@ -15,6 +15,8 @@ import numpy as np
 
 from nanograd import no_grad
 
+from .errors import UserError
+
 
 class LanguageModel(Protocol):
     vocab_size: int
@@ -26,6 +28,20 @@ class LanguageModel(Protocol):
         """A fresh generation cache (None if the model keeps none)."""
 
 
+def check_options(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  max_new_tokens: int = 0) -> None:
+    """The sampling options, for probabilities and stream, and for gpt.sample's flags before it
+    loads a checkpoint: a one-line UserError for a value out of range."""
+    if not temperature >= 0:  # (nan too)
+        raise UserError(f"temperature must be 0 or more (0: always the likeliest), got {temperature}")
+    if top_k is not None and top_k <= 0:
+        raise UserError(f"top_k must be positive, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+
+
 def probabilities(
     logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> np.ndarray:
@@ -35,12 +51,7 @@ def probabilities(
     ever smaller temperatures: all the probability on the likeliest token (the first of equal
     ones), so sampling becomes greedy decoding, the same text for every seed.
     """
-    if not temperature >= 0:  # (nan too)
-        raise ValueError(f"temperature must be 0 or more, got {temperature}")
-    if top_k is not None and top_k <= 0:
-        raise ValueError(f"top_k must be positive, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_options(temperature, top_k, top_p)
     logits = logits.astype(np.float64)  # (B, V)
     if temperature == 0:
         greedy = np.zeros_like(logits)
@@ -101,8 +112,7 @@ def stream(
         raise ValueError(f"idx must hold integer token ids, got {idx.dtype}")
     if idx.ndim != 2 or 0 in idx.shape:
         raise ValueError(f"idx must hold token ids of shape (B, t) with B, t >= 1, got shape {idx.shape}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+    check_options(max_new_tokens=max_new_tokens)  # (probabilities checks the others)
     idx = idx.astype(np.int64, copy=False)  # (a copy only for other integer types)
     if idx.min() < 0 or idx.max() >= model.vocab_size:  # (NumPy would wrap a negative id round)
         raise ValueError(f"idx must hold token ids in [0, {model.vocab_size}), got {idx.min()} to {idx.max()}")

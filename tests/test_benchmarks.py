@@ -97,7 +97,7 @@ def test_sample_speed_refuses_a_model_without_a_cache(tmp_path):
 
 
 @pytest.mark.parametrize("script,args,message", [
-    ("train_speed.py", ["--n-embd", "-1", "--no-torch"], "--n-embd must be positive"),
+    ("train_speed.py", ["--n-embd", "-1", "--no-torch"], "n_embd must be positive"),
     ("train_speed.py", ["--steps", "0"], "--steps must be at least 1"),
     ("sample_speed.py", ["--tokens", "0"], "--tokens must be at least 1"),
     ("sample_speed.py", ["--out-dir", "/nonexistent/run"], "no checkpoint"),

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import nanograd
-from gpt import ranks, run, train
+from gpt import ranks, train
 from gpt.checkpoint import load_checkpoint
+from gpt.config import TrainConfig, build_parser
 from gpt.model import GPT, GPTConfig
-from gpt.run import TrainConfig
 from nanograd import distributed, optim
 from nanograd.distributed import World
 
@@ -94,7 +94,7 @@ def float64_gpt() -> GPT:
 def one_update(world: World, x, y, grad_accum: int) -> tuple[float, list[np.ndarray]]:
     """The loss and the weights after one train_step of a float64 tiny GPT on batch (x, y)."""
     model = float64_gpt()
-    optimizer = optim.AdamW(run.parameter_groups(model, 0.1), lr=0.1)
+    optimizer = optim.AdamW(train.parameter_groups(model, 0.1), lr=0.1)
     config = TrainConfig(grad_accum=grad_accum, grad_clip=1.0)
     loss, _ = train.train_step(model, optimizer, world, x, y, config, "cpu")
     return loss, [p.data.copy() for p in model.parameters()]
@@ -181,7 +181,7 @@ def test_without_mpi_the_trainer_says_so_and_trains_in_one_process(text_file, tm
 
 def test_the_process_count_follows_the_settings_and_a_resumed_run_picks_its_own(text_file, tmp_path, monkeypatch):
     monkeypatch.setattr(nanograd.backend, "blas_threads", lambda: 2)
-    parser = run.build_parser("gpt.train", "")
+    parser = build_parser("gpt.train", "")
     assert train.processes_for(parser.parse_args([])) == 2  # the baby model: both cores pay
     assert train.processes_for(parser.parse_args(TINY)) == 1  # too small a step to share
     assert train.processes_for(parser.parse_args([*TINY, "--workers", "2"])) == 2
@@ -275,7 +275,7 @@ def test_dropout_draws_a_stream_per_step_and_rank_that_a_resumed_run_draws_again
 @pytest.mark.parametrize("flags, message", [
     (["--workers", "3"], "--workers 3 asks for 3 processes, and mpiexec started 2: leave --workers out under mpiexec"),
     (["--batch-size", "1"], "2 processes cannot share batches of 1: each needs a sequence at least"),
-    (["--n-embd", "15"], "--n-embd (15) must be divisible by --n-head (2)"),
+    (["--n-embd", "15"], "n_embd (15) must be divisible by n_head (2)"),
     (["--resume"], "no checkpoint at"),
 ])
 def test_a_refusal_is_one_line_from_rank_0(text_file, tmp_path, flags, message):

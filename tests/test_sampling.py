@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpt.sample import main as sampler_main
 from gpt.sampling import probabilities, sample
 
 LOGITS = np.array([[2.0, 1.0, 0.5, -1.0], [0.0, 0.0, 3.0, 0.0]])
@@ -57,13 +58,9 @@ def test_temperature_zero_is_greedy_the_first_of_equal_maxima():
                                   np.repeat([0, 1, 1], 50))
 
 
-@pytest.mark.parametrize("temperature", [-1.0, -1e-300, float("nan")])
-def test_a_negative_temperature_is_refused(temperature):
-    with pytest.raises(ValueError, match="temperature"):
-        probabilities(LOGITS, temperature)
-
-
 @pytest.mark.parametrize("options,message", [
+    (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=-1e-300), "temperature"),
     (dict(temperature=float("nan")), "temperature"),
     (dict(top_k=0), "top_k"),
     (dict(top_k=-1), "top_k"),
@@ -75,6 +72,19 @@ def test_a_negative_temperature_is_refused(temperature):
 def test_options_out_of_range_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         probabilities(LOGITS, **options)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "-1"], "temperature must be 0 or more"),
+    (["--top-k", "0"], "top_k must be positive"),
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--max-new-tokens", "-1"], "max_new_tokens must be 0 or more"),
+    (["--num-samples", "0"], "--num-samples must be positive"),
+])
+def test_the_samplers_bad_flags_are_refused_before_it_reads_a_checkpoint(tmp_path, capsys, flags, message):
+    assert sampler_main(["--out-dir", str(tmp_path / "no_run"), *flags]) == 2  # (no checkpoint there either)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
 
 
 class _Draws:

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt import run, sample, train
-from gpt.checkpoint import load_checkpoint, save_checkpoint
-from gpt.run import load_run
+from gpt import bookkeeping, memory, sample, train
+from gpt.checkpoint import load_checkpoint, load_run, save_checkpoint
+from gpt.config import TrainConfig, build_model
+from gpt.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
@@ -120,7 +121,8 @@ def test_sampler_is_seeded_and_stops(text_file, tmp_path, capsys):
     (["--lr", "nan"], "--lr must be a number"),
     (["--n-embd", "30", "--n-head", "4"], "divisible"),
     (["--preset", "huge"], "unknown preset"),
-    (["--dropout", "1.5"], "--dropout"),
+    (["--dropout", "1.5"], "dropout must be in [0, 1)"),
+    (["--val-fraction", "0"], "val_fraction must be between 0 and 1"),
     (["--device", "tpu"], "unknown device"),
     (["--block-size", "5000"], "shorter than"),
     (["--beta1", "-0.1"], "--beta1 must be in [0, 1)"),
@@ -175,19 +177,19 @@ def test_a_failed_save_leaves_the_last_checkpoint_and_resume_evaluates_that_step
     out = tmp_path / "run"
     common = ["--data", text_file, "--out-dir", out, "--eval-interval", "2", *TINY]
     assert run_train(*common, "--max-iters", "2") == 0
-    real_save_run = train.save_run
+    real_save_run = bookkeeping.save_run
 
     def disk_full(path, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train, "save_run", disk_full)
+    monkeypatch.setattr(bookkeeping, "save_run", disk_full)
     capsys.readouterr()
     assert run_train("--out-dir", out, "--resume", "--max-iters", "4", "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: could not write {out / 'best.npz'} (No space left on device); " \
                   "the checkpoint there before, if any, is intact"
     assert load_checkpoint(out / "ckpt.npz")[1]["step"] == 2 and read_metrics(out)[-1]["step"] == 4
-    monkeypatch.setattr(train, "save_run", real_save_run)
+    monkeypatch.setattr(bookkeeping, "save_run", real_save_run)
     assert run_train("--out-dir", out, "--resume", "--max-iters", "6") == 0
     assert [r["step"] for r in read_metrics(out)] == [0, 2, 4, 6]
 
@@ -252,7 +254,7 @@ def test_a_run_trained_on_a_device_this_machine_lacks_says_how_to_go_on(text_fil
 
     def cuda_missing(device: str) -> str:
         if device != "cpu":
-            raise run.UserError(f"--device {device} is not available: no GPU here")
+            raise UserError(f"--device {device} is not available: no GPU here")
         return device
 
     monkeypatch.setattr(train, "check_device", cuda_missing)
@@ -297,12 +299,12 @@ def test_the_memory_lower_bound_is_below_what_a_training_step_allocates(sizes):
     import nanograd
     from nanograd import optim
 
-    config = run.TrainConfig(**sizes)
+    config = TrainConfig(**sizes)
     vocab_size = 29
     tracemalloc.start()
     try:
         nanograd.manual_seed(0)
-        model = run.build_model(config, vocab_size)
+        model = build_model(config, vocab_size)
         opt = optim.AdamW(model.parameters())
         ids = np.random.default_rng(0).integers(0, vocab_size, (2, config.batch_size, config.block_size))
         model(ids[0], ids[1])[1].backward()
@@ -310,7 +312,7 @@ def test_the_memory_lower_bound_is_below_what_a_training_step_allocates(sizes):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert run.memory_lower_bound(config, vocab_size, training=False) < run.memory_lower_bound(
+    assert memory.memory_lower_bound(config, vocab_size, training=False) < memory.memory_lower_bound(
         config, vocab_size, training=True) <= peak
 
 
@@ -344,20 +346,20 @@ def test_a_containers_memory_limit_counts_as_the_memory_there_is(tmp_path, monke
         (root / "memory" / "box").mkdir(parents=True)
         (root / "memory" / "box" / "memory.limit_in_bytes").write_text(f"{2**30}\n")
         (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # the host's: none
-    assert run.cgroup_memory_limits(proc, root) == [2**30] + ([9223372036854771712] if version == "v1" else [])
-    limits = run.cgroup_memory_limits
-    monkeypatch.setattr(run, "cgroup_memory_limits", lambda: limits(proc, root))  # check_memory reads these
-    run.check_memory(2**30 - 1, "this")
-    with pytest.raises(run.UserError, match=r"^this needs at least 1.0 GiB, more than this container's limit of "
+    assert memory.cgroup_memory_limits(proc, root) == [2**30] + ([9223372036854771712] if version == "v1" else [])
+    limits = memory.cgroup_memory_limits
+    monkeypatch.setattr(memory, "cgroup_memory_limits", lambda: limits(proc, root))  # check_memory reads these
+    memory.check_memory(2**30 - 1, "this")
+    with pytest.raises(UserError, match=r"^this needs at least 1.0 GiB, more than this container's limit of "
                                             r"1.0 GiB of memory: try smaller sizes$"):
-        run.check_memory(2**30 + 2**20, "this")
+        memory.check_memory(2**30 + 2**20, "this")
     if version == "v2":
         (root / "box" / "memory.max").write_text("max\n")  # no limit
         assert limits(proc, root) == []
     else:
         (root / "memory" / "box" / "memory.limit_in_bytes").unlink()
         assert limits(proc, root) == [9223372036854771712]  # v1's "no limit"
-    run.check_memory(2**30 + 2**20, "this")  # the machine has more than 1 GiB
+    memory.check_memory(2**30 + 2**20, "this")  # the machine has more than 1 GiB
 
 
 def test_an_out_dir_that_is_a_file_is_refused(text_file, tmp_path, capsys):
@@ -449,13 +451,12 @@ def test_a_loss_that_diverges_at_an_evaluation_is_not_saved(text_file, tmp_path,
 
 def test_weights_that_are_no_longer_finite_are_never_saved(tmp_path):
     from gpt.bigram import BigramLanguageModel
-    from gpt.errors import UserError
 
     corpus = tmp_path / "text.txt"
     corpus.write_text("abc" * 300 + "Q")  # Q comes last: never an input, so its row never reaches a loss
     model = BigramLanguageModel(4)
     model.token_embedding_table.weight.data[0] = np.nan  # Q's row (Q sorts first)
-    config = run.TrainConfig(model="bigram", data=str(corpus), out_dir=str(tmp_path / "run"), max_iters=0,
+    config = TrainConfig(model="bigram", data=str(corpus), out_dir=str(tmp_path / "run"), max_iters=0,
                              batch_size=4, block_size=8, eval_iters=2, sample_tokens=0, quiet=True, workers=1)
     with pytest.raises(UserError, match="weights stopped being finite by step 0; no checkpoint was written"):
         train.train(config, model=model)
@@ -499,8 +500,9 @@ def test_a_checkpoint_config_of_the_wrong_types_is_a_user_error(text_file, tmp_p
         save_checkpoint(out / "ckpt.npz", arrays, {**meta, "config": config})
         capsys.readouterr()
         assert sample.main(["--out-dir", str(out)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error:") and "no usable config" in err and "\n" not in err
+        assert run_train("--out-dir", out, "--resume") == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 2 and all(e.startswith("error:") and "no usable config" in e for e in errors)
 
 
 def test_explain_refuses_a_picture_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch):

@@ -1,30 +1,26 @@
-"""A training run: its configuration (presets, command-line flags), the model it builds, and
-the checkpoint that holds everything needed to sample from it or resume it.
+"""The settings of a training run: TrainConfig, its presets, the command-line flags that
+override them, and every check on those values, made once, before anything costly starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import numbers
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from nanograd import backend, nn
+from nanograd import backend, distributed, nn
+from nanograd.distributed import World
 
 from .bigram import BigramLanguageModel
 from .bpe import MAX_VOCAB_SIZE, N_BYTES
-from .checkpoint import DamagedCheckpoint, load_checkpoint, save_checkpoint
+from .data import check_val_fraction
 from .errors import UserError
 from .model import GPT, GPTConfig
-from .prepare import Tokenizer, tokenizer_from_json
 
 TOKENIZER_HELP = "'char' (every character a token) or 'bpe' (byte-pair tokens learned from the train split)"
 VOCAB_SIZE_HELP = "tokens in a BPE vocabulary: 256 bytes and the merges learned (with --tokenizer bpe)"
@@ -41,8 +37,7 @@ def check_tokenizer_settings(tokenizer: str, vocab_size: int | None, val_fractio
     if tokenizer == "bpe" and not N_BYTES <= vocab_size <= MAX_VOCAB_SIZE:
         raise UserError(f"--vocab-size must be between {N_BYTES} (the bytes) and {MAX_VOCAB_SIZE:,} (uint32 ids), "
                         f"got {vocab_size}")
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    check_val_fraction(val_fraction)
 
 
 @dataclass
@@ -98,8 +93,7 @@ class TrainConfig:
             value = getattr(self, name)  # (a checkpoint's JSON could hold 64.0 or "64")
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
-        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval",
-                    "eval_iters")
+        positive = ("block_size", "batch_size", "grad_accum", "eval_interval", "eval_iters")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -119,11 +113,9 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         check_tokenizer_settings(self.tokenizer, self.vocab_size, self.val_fraction)
-        if self.model == "gpt" and self.n_embd % self.n_head:
-            raise UserError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+        if self.model == "gpt":  # GPTConfig checks the model's sizes; any vocabulary stands in for the text's
+            self.model_config(vocab_size=1)
 
     def data_parallel_workers(self) -> int:
         """How many processes `python -m gpt.train` starts (under mpiexec, gpt.ranks), each on a
@@ -227,169 +219,41 @@ def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Tr
                 "the checkpoint was trained with a different model configuration: "
                 + ", ".join(f"{k}={saved.get(k)!r} (flag: {given[k]!r})" for k in changed)
             )
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in values.items() if k in names})
+    return config_from(values)
+
+
+def config_from(values: dict[str, Any]) -> TrainConfig:
+    """A checked TrainConfig from settings (flags over a preset, or a checkpoint's record)."""
+    config = TrainConfig(**values)
     config.validate()
     return config
 
 
 def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
+    """The model a configuration describes, freshly initialised (seed nanograd first)."""
     if config.model == "bigram":
         return BigramLanguageModel(vocab_size)
     return GPT(config.model_config(vocab_size))
 
 
-def memory_lower_bound(config: TrainConfig, vocab_size: int, training: bool, processes: int = 1) -> int:
-    """Bytes of float32 the model needs at the least: its weights; to train, also their
-    gradients and AdamW's two moments, and the activations a step keeps for its backward pass
-    (with `processes` processes on the machine, each holds the model and its part of the batch).
-
-    Counted low on purpose, so that a refusal (check_memory) is never wrong: only the big
-    matrices; of the activations, per position, each layer's two normalised inputs (C each),
-    q k v (3C), the attention output (C), the MLP's three (4C) arrays and the attention weights
-    (half the block per query and head, as causal), then the final normalised output (C) and
-    the logits with their softmax (V each). The baby model counts 42 MiB, where one process's
-    NumPy arrays peak at 61 MiB in a step (tracemalloc), and its two processes' memory,
-    Python and all, at 161.9 MiB (benchmarks/RESULTS.md)."""
-    V, T, C, L = vocab_size, config.block_size, config.n_embd, config.n_layer
-    if config.model == "bigram":
-        weights, per_position = V * V, V  # the table; the logits it returns
-    else:
-        weights = L * 12 * C * C + (V + T) * C + (0 if config.tie_weights else V * C)
-        per_position = L * (18 * C + config.n_head * T // 2) + C + 2 * V
-    float32_bytes = 4
-    if not training:
-        return float32_bytes * weights
-    copies = 4  # weights, gradients, AdamW's two moments
-    return float32_bytes * (processes * copies * weights + config.batch_size * T * per_position)
-
-
-def check_memory(needed: int, what: str) -> None:
-    """A one-line error where `needed` bytes exceed the memory this process may use, instead of
-    the system killing it without a word once the pages are touched."""
-    try:
-        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
-        return
-    limit = min([machine, *cgroup_memory_limits()])
-    if needed > limit:
-        whose = "this machine's" if limit == machine else "this container's limit of"
-        raise UserError(f"{what} needs at least {needed / 2**30:,.1f} GiB, more than {whose} "
-                        f"{limit / 2**30:,.1f} GiB of memory: try smaller sizes")
-
-
-def cgroup_memory_limits(proc_cgroup: Path = Path("/proc/self/cgroup"),
-                         root: Path = Path("/sys/fs/cgroup")) -> list[int]:
-    """The memory limits set on this process's control groups (Linux; a container gets one,
-    e.g. docker run --memory). Read where /proc/self/cgroup places the process (cgroup v2:
-    memory.max; v1: memory/memory.limit_in_bytes) and at the hierarchy's root, which is the
-    container's own where it has a cgroup namespace. "max", or v1's huge default, is no limit."""
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return []
-    files = {root / "memory.max", root / "memory" / "memory.limit_in_bytes"}
-    for line in lines:  # "hierarchy id:controllers:path"
-        if line.count(":") < 2:
-            continue
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            files.add(root / path.lstrip("/") / "memory.max")
-        elif "memory" in controllers.split(","):
-            files.add(root / "memory" / path.lstrip("/") / "memory.limit_in_bytes")
-    limits = []
-    for file in files:
-        try:
-            text = file.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            limits.append(int(text))
-    return sorted(limits)
-
-
-def checkpoint_path(out_dir: str | Path, best: bool = False) -> Path:
-    return Path(out_dir) / ("best.npz" if best else "ckpt.npz")
-
-
-def save_run(path: Path, model: nn.Module, optimizer: Any, config: TrainConfig,
-             tokenizer: Tokenizer, state: dict[str, Any]) -> None:
-    """Weights, optimizer moments, config, tokenizer and training state in one .npz (no pickle)."""
-    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
-    meta = {"format": 1, "config": dataclasses.asdict(config), "tokenizer": tokenizer.to_json(), **state}
-    if optimizer is not None:
-        opt_state = optimizer.state_dict()
-        meta["optimizer_t"] = opt_state.pop("t")
-        arrays.update({f"optim.{k}": v for k, v in opt_state.items()})
-    save_checkpoint(path, arrays, meta)
-
-
-def load_run(path: Path, device: str = "cpu", resuming: bool = False
-             ) -> tuple[nn.Module, TrainConfig, Tokenizer, dict, dict]:
-    """(model with weights loaded, config, tokenizer, meta, arrays) from a checkpoint. A damaged
-    one's error says what can be done instead: use the run's other checkpoint where that one is
-    intact, or (resuming) start over."""
-    try:
-        return _load_run(path, device)
-    except DamagedCheckpoint as exc:
-        raise DamagedCheckpoint(f"{exc}; {_way_forward(Path(path), resuming)}") from None
-
-
-def _way_forward(damaged: Path, resuming: bool) -> str:
-    """What to do about a damaged checkpoint in a run directory (see load_run)."""
-    best = damaged.name == checkpoint_path(damaged.parent, best=True).name
-    other = checkpoint_path(damaged.parent, best=not best)
-    try:
-        step = _load_run(other, "cpu")[3].get("step")
-    except UserError:  # missing or damaged too
-        return "start the run over with --overwrite" if resuming else "its run has no other usable checkpoint"
-    intact = f"{other} (step {step}) is intact"
-    if resuming:
-        return f"{intact}: copy it over {damaged} to resume from there, or start over with --overwrite"
-    return f"{intact}: sample from it {'without' if best else 'with'} --best"
-
-
-def _load_run(path: Path, device: str) -> tuple[nn.Module, TrainConfig, Tokenizer, dict, dict]:
-    arrays, meta = load_checkpoint(path)
-    try:
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        saved = dict(meta["config"])
-        config = TrainConfig(**{k: v for k, v in saved.items() if k in names})
-        config.validate()
-        tokenizer = tokenizer_from_json(meta["tokenizer"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DamagedCheckpoint(f"checkpoint {path} has no usable config or tokenizer ({exc})") from None
-    check_memory(memory_lower_bound(config, tokenizer.vocab_size, training=False), f"the model in {path}")
-    model = build_model(config, tokenizer.vocab_size)
-    weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(weights)
-    except (KeyError, ValueError) as exc:
-        raise DamagedCheckpoint(f"checkpoint {path} does not match its model configuration: {exc}") from None
-    if not all(np.isfinite(w).all() for w in weights.values()):  # gpt.train never saves such weights
-        raise DamagedCheckpoint(f"checkpoint {path} holds weights that are not finite (NaN or inf): it cannot be used")
-    model.to(device)
-    return model, config, tokenizer, meta, arrays
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay 2-D weights (matmuls, embeddings) but not biases and LayerNorm gains (1-D):
-    shrinking those towards 0 has no regularising benefit and only fights the normalisation."""
-    params = model.parameters()
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
 def check_device(device: str) -> str:
+    """The device's normalised name ('cuda:0' -> 'cuda'), or a UserError where it is unknown
+    or missing on this machine."""
     try:
         return backend.check_device(device)
     except (ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
+
+
+def check_run_settings(config: TrainConfig, world: World) -> str:
+    """The settings that only this machine and these processes can judge; returns the device."""
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out-dir {out_dir} is a file, not a directory")
+    if distributed.launched_by_mpi() and config.workers not in (None, world.size):
+        raise UserError(f"--workers {config.workers} asks for {config.workers} processes, and mpiexec started "
+                        f"{world.size}: leave --workers out under mpiexec")
+    if world.size > config.batch_size:
+        raise UserError(f"{world.size} processes cannot share batches of {config.batch_size}: each needs a "
+                        "sequence at least (a larger --batch-size, or fewer processes)")
+    return check_device(config.device)
