@@ -52,6 +52,9 @@ class TrainConfig:
     dropout: float = field(default=0.0, metadata={"help": "dropout probability while training"})
     bias: bool = field(default=False, metadata={"help": "biases in Linear layers and LayerNorms"})
     tie_weights: bool = field(default=True, metadata={"help": "share token embedding and output head"})
+    reference: bool = field(default=False, metadata={
+        "help": "the lecture's attention, LayerNorm, GELU and bigram loss, written from Tensor ops, instead of "
+                "the fused ops: slower, the same numbers (gpt/model.py, gpt/bigram.py)"})
     # data
     data: str | None = field(default=None, metadata={"help": "UTF-8 text file (default: tiny shakespeare)"})
     tokenizer: str = field(default="char", metadata={"help": TOKENIZER_HELP})
@@ -143,7 +146,7 @@ class TrainConfig:
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                         tie_weights=self.tie_weights)
+                         tie_weights=self.tie_weights, fused=not self.reference)
 
 
 MIN_ACTIVATIONS_PER_WORKER = 8 * 1024  # see TrainConfig.data_parallel_workers
@@ -232,7 +235,7 @@ def config_from(values: dict[str, Any]) -> TrainConfig:
 def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
     """The model a configuration describes, freshly initialised (seed nanograd first)."""
     if config.model == "bigram":
-        return BigramLanguageModel(vocab_size)
+        return BigramLanguageModel(vocab_size, fused=not config.reference)
     return GPT(config.model_config(vocab_size))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nanograd
 from gpt import bookkeeping, memory, sample, train
 from gpt.checkpoint import load_checkpoint, load_run, save_checkpoint
 from gpt.config import TrainConfig, build_model
@@ -77,6 +78,32 @@ def test_resume_gives_the_same_weights_as_one_run(text_file, tmp_path):
     assert once.keys() == twice.keys()
     for name in once:
         np.testing.assert_array_equal(once[name], twice[name], err_msg=name)
+
+
+@pytest.mark.parametrize("model", ["gpt", "bigram"])
+def test_the_reference_path_trains_as_the_fused_ops_do(text_file, tmp_path, model):
+    """--reference runs the lecture's computation (gpt/model.py, gpt/bigram.py) in place of the
+    fused ops: in float32 the losses of a short run agree to rounding, not bit for bit."""
+    common = ["--data", text_file, "--model", model, "--max-iters", "6", "--eval-interval", "3", *TINY]
+    assert run_train("--out-dir", tmp_path / "fused", *common) == 0
+    assert run_train("--out-dir", tmp_path / "reference", "--reference", *common) == 0
+    fused, reference = read_metrics(tmp_path / "fused"), read_metrics(tmp_path / "reference")
+    for row, reference_row in zip(fused, reference, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert row[key] == pytest.approx(reference_row[key], rel=1e-5)
+
+
+@pytest.mark.parametrize("model,fused_ops", [("gpt", {"SelfAttention", "LayerNorm", "Gelu"}),
+                                             ("bigram", {"EmbeddingCrossEntropy"})])
+def test_reference_runs_the_lectures_ops_in_place_of_the_fused_ones(model, fused_ops):
+    ids = np.random.default_rng(0).integers(0, 11, (2, 8))
+    ops_run = {}
+    for reference in (False, True):
+        config = TrainConfig(model=model, reference=reference, n_layer=1, n_head=2, n_embd=8, block_size=8)
+        with nanograd.profile() as seconds:
+            build_model(config, 11)(ids, ids)[1].backward()
+        ops_run[reference] = {name.split(".")[0] for name in seconds}
+    assert fused_ops <= ops_run[False] and not fused_ops & ops_run[True]
 
 
 def test_checkpoint_round_trip_restores_the_model(text_file, tmp_path):
