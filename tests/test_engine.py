@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanograd import Tensor, no_grad
+from nanograd import Function, Tensor, no_grad
 from nanograd import functional as F
 
 
@@ -110,6 +110,20 @@ def test_max_routes_the_gradient_to_the_maximum_only():
     x = leaf([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]])
     x.max(axis=1).sum().backward()
     np.testing.assert_allclose(x.grad, [[0, 1, 0], [1, 0, 0]])
+
+
+def test_max_shares_the_gradient_equally_between_tied_maxima():
+    x = leaf([[1.0, 5.0, 5.0], [7.0, 7.0, 7.0], [0.0, 2.0, 1.0]])
+    x.max(axis=1).backward(np.array([4.0, 3.0, 2.0]))  # (not all 1: g times the share, not g over it)
+    np.testing.assert_allclose(x.grad, [[0, 2, 2], [1, 1, 1], [0, 2, 0]])
+    y = leaf([[3.0, -1.0], [3.0, 3.0]])
+    y.max().backward(np.array(6.0))
+    np.testing.assert_allclose(y.grad, [[2, 0], [2, 2]])
+
+
+def test_the_max_of_nothing_is_refused_as_in_numpy():
+    with pytest.raises(ValueError, match="zero-size array"):
+        Tensor(np.ones((2, 0))).max(axis=1)
 
 
 def test_reductions_over_a_tuple_of_axes():
@@ -324,18 +338,21 @@ def test_transposing_fewer_than_two_axes():
         x.transpose(0, 1)
 
 
-def test_a_backward_of_the_wrong_shape_is_named():
-    from nanograd.function import Function
+class Double(Function):
+    """z = 2x, with a backward that a test replaces by a wrong one."""
 
-    class Bad(Function):
-        def forward(self, x):
-            return x * 2
+    def forward(self, x):
+        return x * 2
 
-        def backward(self, g):
-            return (g[:1],)
 
-    with pytest.raises(ValueError, match=r"Bad.backward .* shape \(1,\) for an input of shape \(2,\)"):
-        Bad.apply(leaf([1.0, 2.0])).sum().backward()
+@pytest.mark.parametrize("backward, message", [
+    (lambda self, g: (g[:1],), r"Double.backward .* shape \(1,\) for an input of shape \(2,\)"),
+    (lambda self, g: (2 * g, 2 * g), r"Double.backward returned 2 gradients for 1 inputs"),
+], ids=["wrong-shape", "too-many"])
+def test_a_backward_that_returns_the_wrong_gradients_is_named(monkeypatch, backward, message):
+    monkeypatch.setattr(Double, "backward", backward)
+    with pytest.raises(ValueError, match=message):
+        Double.apply(leaf([1.0, 2.0])).sum().backward()
 
 
 def test_no_grad_decorates_without_parentheses():

@@ -70,6 +70,10 @@ OPS = {
 }
 
 
+def leaf(shape, seed=0) -> Tensor:
+    return Tensor(np.random.default_rng(seed).standard_normal(shape), requires_grad=True)
+
+
 # Tighter than gradcheck's defaults (atol 1e-5, rtol 1e-3): in float64 with eps = 1e-6 the central
 # differences of these ops are good to ~1e-8, so a backward that is off by 0.01% still fails.
 TOLERANCE = {"atol": 1e-6, "rtol": 1e-5}
@@ -110,6 +114,22 @@ def test_a_second_backward_with_retain_graph_doubles_the_gradient(name, data):
         np.testing.assert_allclose(x.grad, 2 * g, rtol=1e-12, atol=1e-12, err_msg=f"input {i}")
 
 
+# Attention's backward swaps axes (keys with queries, heads with time): with the small sizes that
+# hypothesis draws, two of B, nh, T, hs are often equal or 1, where a swap of the wrong pair
+# goes unseen. Here every axis has a size of its own, and the keys outnumber the queries (a cache).
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("Tq, Tk", [(5, 5), (3, 5)], ids=["self", "cached-keys"])
+def test_attention_gradient_with_every_axis_of_its_own_size(causal, Tq, Tk):
+    B, nh, hs = 2, 3, 4
+    q, k, v = leaf((B, nh, Tq, hs), seed=1), leaf((B, nh, Tk, hs), seed=2), leaf((B, nh, Tk, hs), seed=3)
+    assert gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=causal), q, k, v, **TOLERANCE)
+
+
+def test_self_attention_gradient_with_every_axis_of_its_own_size():
+    B, T, nh, hs = 2, 5, 3, 4
+    assert gradcheck(lambda qkv: F.self_attention(qkv, nh), leaf((B, T, 3 * nh * hs)), **TOLERANCE)
+
+
 # ---- gradcheck must be able to fail --------------------------------------------------------------
 class TripleWithAWrongGradient(Function):
     """z = 3x, whose backward is right everywhere except at one element, which gets +1."""
@@ -122,10 +142,6 @@ class TripleWithAWrongGradient(Function):
         dx = 3 * g
         dx[self.wrong_at] += 1.0
         return (dx,)
-
-
-def leaf(shape, seed=0) -> Tensor:
-    return Tensor(np.random.default_rng(seed).standard_normal(shape), requires_grad=True)
 
 
 def test_gradcheck_passes_a_right_gradient_and_leaves_the_inputs_alone():
