@@ -53,15 +53,6 @@ def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n():
     np.testing.assert_allclose(x.grad, (np_softmax(logits) - np.eye(4)[targets]) / 3, atol=1e-12)
 
 
-def test_cross_entropy_backward_twice_with_retain_graph_doubles_the_gradient():
-    x = Tensor(randn(3, 4, seed=2), requires_grad=True)
-    loss = F.cross_entropy(x, np.array([0, 1, 3]))
-    loss.backward(retain_graph=True)
-    first = x.grad.copy()
-    loss.backward()
-    np.testing.assert_allclose(x.grad, 2 * first)
-
-
 @settings(deadline=None, max_examples=30)
 @given(data=st.data())
 def test_embedding_cross_entropy_is_a_lookup_then_cross_entropy(data):
@@ -214,37 +205,6 @@ def test_huge_logits_give_the_exact_softmax_and_a_huge_finite_loss():
     assert F.cross_entropy(Tensor(x), np.array([1])).item() == pytest.approx(2e4)
 
 
-# ---- float32 stays float32 ---------------------------------------------------------------------
-def f32(*shape, seed=1) -> Tensor:
-    return Tensor(randn(*shape, seed=seed).astype(np.float32), requires_grad=True)
-
-
-FLOAT32_OPS = {
-    "softmax": lambda x: F.softmax(x),
-    "log_softmax": lambda x: F.log_softmax(x),
-    "cross_entropy": lambda x: F.cross_entropy(x.reshape(4, 6), np.array([0, 1, 2, 5])),
-    "gelu": lambda x: F.gelu(x),
-    "relu": lambda x: F.relu(x),
-    "layer_norm": lambda x: F.layer_norm(x, Tensor(np.ones(6, dtype=np.float32)), Tensor(np.zeros(6, np.float32))),
-    "dropout": lambda x: F.dropout(x, 0.5, rng=np.random.default_rng(0)),
-    "concat": lambda x: F.concat([x, x * 2], axis=1),
-    "stack": lambda x: F.stack([x, x], axis=0),
-    "where": lambda x: F.where(x.data > 0, x, x * 0.5),
-    "masked_fill": lambda x: F.masked_fill(x, np.array([True, False] * 3), -1e9),
-    "attention": lambda x: F.scaled_dot_product_attention(*(x.reshape(1, 2, 2, 6) for _ in range(3))),
-    "embedding": lambda x: F.embedding(np.array([[0, 3], [3, 1]]), x),
-}
-
-
-@pytest.mark.parametrize("name", list(FLOAT32_OPS))
-def test_float32_stays_float32_forward_and_backward(name):
-    x = f32(4, 6)
-    out = FLOAT32_OPS[name](x)
-    assert out.dtype == np.float32
-    (out * 1.5).sum().backward()
-    assert x.grad.dtype == np.float32
-
-
 # ---- embedding ---------------------------------------------------------------------------------
 def test_embedding_picks_rows_with_the_ids_shape():
     weight = randn(5, 3)
@@ -314,10 +274,6 @@ def test_gelu_block_by_block_matches_one_piece_and_passes_gradcheck(monkeypatch)
     for a, b in zip(blocked, whole):
         np.testing.assert_array_equal(a, b)
     assert gradcheck(F.gelu, Tensor(x, requires_grad=True))
-
-
-def test_relu():
-    np.testing.assert_array_equal(F.relu(Tensor(np.array([-2.0, 0.5, 3.0]))).data, [0.0, 0.5, 3.0])
 
 
 # ---- attention ---------------------------------------------------------------------------------
@@ -434,9 +390,8 @@ def test_dropout_with_the_same_seed_drops_the_same_entries():
 
 
 # ---- concat, stack, where, masked_fill ---------------------------------------------------------
-def test_concat_and_stack_match_numpy():
-    a, b = randn(2, 3), randn(2, 5, seed=1)
-    np.testing.assert_array_equal(F.concat([Tensor(a), Tensor(b)], axis=1).data, np.concatenate([a, b], axis=1))
+def test_stack_matches_numpy():
+    a = randn(2, 3)
     np.testing.assert_array_equal(F.stack([Tensor(a), Tensor(a * 2)], axis=1).data, np.stack([a, a * 2], axis=1))
 
 

@@ -28,6 +28,7 @@ OPS = {
     "scalar-add-sub-mul": S.unary(lambda x: (2 - x) * 3 + (x + 1.5) * 0.5 - 4),
     "scalar-rdiv": S.unary(lambda x: 1 / x, S.away_from_zero()),
     "scalar-div": S.unary(lambda x: x / 4 + 2 / (x + 5)),
+    "numpy-scalars": S.unary(lambda x: np.float64(0.5) * x - np.int32(1) + x / np.int64(4)),
     "reused-input": S.unary(lambda x: x * x + (x * 2) * (x + 1)),
     # powers with a scalar exponent
     "pow-integer": S.unary(lambda x: x**3 + x**2 + x**1),
