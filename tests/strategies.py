@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the gradient tests: shapes, broadcasting pairs, float64 arrays,
+"""Hypothesis strategies for the gradient tests: shapes, broadcasting shapes, float64 arrays,
 and, per op, a strategy that draws `(fn, inputs)` for nanograd.gradcheck.
 
 Inputs are kept away from the points where an op is not differentiable or where central

@@ -1,9 +1,14 @@
 """Every differentiable op's hand-written backward, checked against finite differences.
 
-One test walks a table of ops; for each, hypothesis draws shapes (1 to 4 axes, size-1 axes,
-broadcasting pairs) and values, and nanograd.gradcheck compares the analytic gradient of
-sum(op(inputs) * R), for a random R, with central differences in float64. The strategies
+One test walks a table of ops; for each, hypothesis draws shapes (0 to 4 axes, size-1 and
+size-0 axes, operands that broadcast) and values, and nanograd.gradcheck compares the
+analytic gradient of sum(op(inputs) * R), for a random R, with central differences in
+float64. Two more walk the same table for properties every op shares: float32 stays float32,
+and a second backward through a retained graph adds the same gradient again. The strategies
 live in tests/strategies.py. The last tests check that gradcheck itself can fail.
+
+Whether these tests catch a wrong backward is itself checked: `python tests/mutate_backward.py`
+plants one-token bugs in the ops' backward code and lists the ones no test notices.
 """
 
 from __future__ import annotations
