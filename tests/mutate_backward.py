@@ -148,8 +148,8 @@ def mutants() -> list[Mutant]:
     return found
 
 
-def _copy_repository(into: Path) -> Path:
-    root = into / "repo"
+def _copy_repository(root: Path) -> Path:
+    """A copy at root of what the tests need; each worker mutates its own copy."""
     root.mkdir()
     for name in COPIED:
         source = REPO / name
@@ -203,10 +203,7 @@ def main() -> int:
         return 0
 
     with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
-        roots = []
-        for i in range(args.jobs):
-            (Path(tmp) / str(i)).mkdir()
-            roots.append(_copy_repository(Path(tmp) / str(i)))
+        roots = [_copy_repository(Path(tmp) / f"repo{i}") for i in range(args.jobs)]
         # the tests must pass unmutated first, or every mutant would look caught
         outcome, seconds = run_tests(roots[0], args.timeout)
         print(f"unmutated: tests {outcome} in {seconds:.0f}s", flush=True)
