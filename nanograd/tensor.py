@@ -143,7 +143,11 @@ class Tensor:
                     node.grad = (node.grad + g).astype(node.dtype, copy=False)
                 continue
             ctx = node._ctx
-            for parent, pg in zip(ctx.parents, run_op(ctx.backward, g)):
+            parent_grads = run_op(ctx.backward, g)
+            if len(parent_grads) != len(ctx.parents):  # (zip would drop the extra ones unseen)
+                raise ValueError(f"{type(ctx).__name__}.backward returned {len(parent_grads)} gradients "
+                                 f"for {len(ctx.parents)} inputs")
+            for parent, pg in zip(ctx.parents, parent_grads):
                 if pg is None or not parent.requires_grad:
                     continue
                 pg = unbroadcast(pg, parent.shape)

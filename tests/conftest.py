@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,17 @@ def _seed_everything():
 
 
 @pytest.fixture
-def shakespeare() -> Path:
-    """The real tiny shakespeare corpus (.ci/run copies it into data/)."""
+def shakespeare(tmp_path) -> Path:
+    """A copy of the real tiny shakespeare corpus (.ci/run copies it into data/) in the test's
+    own directory: a run writes its tokenized cache beside the corpus, and in data/ the cache
+    would outlive the test: a later test, or the next run of the suite, would find it made
+    and take another path."""
     if not CORPUS.exists():
         pytest.skip(f"corpus not found at {CORPUS}: copy ../shared/data/tinyshakespeare/input.txt there")
-    return CORPUS
+    copy = tmp_path / "tinyshakespeare" / "input.txt"
+    copy.parent.mkdir()
+    shutil.copy(CORPUS, copy)
+    return copy
 
 
 def _skip_without_cuda() -> None:

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the gradient tests: shapes, broadcasting pairs, float64 arrays,
+"""Hypothesis strategies for the gradient tests: shapes, broadcasting shapes, float64 arrays,
 and, per op, a strategy that draws `(fn, inputs)` for nanograd.gradcheck.
 
 Inputs are kept away from the points where an op is not differentiable or where central
@@ -19,16 +19,28 @@ FLOATS = st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False, width=64)
 
 
 # ---- building blocks ------------------------------------------------------------------------
-def shapes(min_dims: int = 1, max_dims: int = 4, max_side: int = 4):
-    """Array shapes with 1 to 4 axes of size 1 to 4 (size-1 axes included on purpose)."""
-    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=1, max_side=max_side)
+@st.composite
+def shapes(draw, min_dims: int = 0, max_dims: int = 4, max_side: int = 4, empty: bool = True):
+    """Array shapes of min_dims to max_dims axes of size 1 to max_side (size-1 axes included
+    on purpose); 0 axes (a scalar) when min_dims is 0, and now and then, unless `empty` is
+    False, one axis of size 0 (an array of no elements), which every op must take as NumPy does."""
+    shape = draw(hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=1, max_side=max_side))
+    if empty and shape and draw(st.integers(0, 5)) == 0:
+        i = draw(st.integers(0, len(shape) - 1))
+        shape = shape[:i] + (0,) + shape[i + 1:]
+    return shape
 
 
-def broadcast_pair(max_dims: int = 4):
-    """Two shapes that broadcast against each other, e.g. (3, 2) with (1, 2) or (2,)."""
-    return hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=max_dims, max_side=4).map(
-        lambda result: result.input_shapes
-    )
+@st.composite
+def broadcast_shapes(draw, num_shapes: int = 2, max_dims: int = 4):
+    """Shapes that broadcast against each other, e.g. (3, 2) with (1, 2), (2,) or (); each may
+    broadcast against the others, as (3, 1) with (1, 4). Their common shape may have an axis
+    of size 0 (which only 0 or 1 broadcast against)."""
+    base = draw(shapes(max_dims=max_dims))
+    scalars = draw(st.integers(0, 3)) == 0  # (with min_dims=0 throughout, most draws hold a scalar)
+    return draw(hnp.mutually_broadcastable_shapes(num_shapes=num_shapes, base_shape=base, min_dims=0 if scalars else 1,
+                                                  max_dims=max_dims, min_side=0 if 0 in base else 1,
+                                                  max_side=4)).input_shapes
 
 
 def arrays(shape, elements=FLOATS):
@@ -61,7 +73,10 @@ def distinct_tensor(shape):
 
 
 def axes(ndim: int):
-    """An `axis` argument: None, one axis (possibly negative) or a tuple of distinct axes."""
+    """An `axis` argument: None, one axis (possibly negative) or a tuple of distinct axes; of a
+    scalar, None or ()."""
+    if ndim == 0:
+        return st.sampled_from([None, ()])
     one = st.integers(-ndim, ndim - 1)
     several = st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True).flatmap(
         lambda picked: st.tuples(*[st.sampled_from([a, a - ndim]) for a in picked])
@@ -76,11 +91,11 @@ def int_array(shape, high: int):
 
 def mask_for(shape):
     """A boolean mask that broadcasts to `shape` without enlarging it: some axes set to 1,
-    maybe some leading axes dropped."""
+    maybe some leading axes dropped (all of them: a scalar mask)."""
 
     @st.composite
     def draw(draw_):
-        keep = draw_(st.integers(1, len(shape)))
+        keep = draw_(st.integers(0, len(shape)))
         mask_shape = tuple(n if draw_(st.booleans()) else 1 for n in shape[len(shape) - keep:])
         return draw_(hnp.arrays(np.bool_, mask_shape))
 
@@ -104,7 +119,7 @@ def binary(fn, right=None):
 
     @st.composite
     def draw(draw_):
-        a_shape, b_shape = draw_(broadcast_pair())
+        a_shape, b_shape = draw_(broadcast_shapes(2))
         return fn, (draw_(tensor(a_shape)), draw_(tensor(b_shape, right if right is not None else FLOATS)))
 
     return draw()
@@ -120,7 +135,7 @@ def unary(fn, elements=FLOATS, shape=None):
 
 @st.composite
 def reduction(draw, method):
-    shape = draw(shapes())
+    shape = draw(shapes(empty=method != "max"))  # (the max of nothing is an error: test_engine.py)
     x = draw(distinct_tensor(shape) if method == "max" else tensor(shape))
     axis, keepdims = draw(axes(len(shape))), draw(st.booleans())
     return (lambda x: getattr(x, method)(axis=axis, keepdims=keepdims)), (x,)
@@ -150,8 +165,8 @@ def permute(draw):
 @st.composite
 def basic_index(draw):
     """Slices (any start, stop, step, negative steps too) on the leading axes, or an int."""
-    shape = draw(shapes())
-    if draw(st.booleans()):
+    shape = draw(shapes(min_dims=1))
+    if shape[0] > 0 and draw(st.booleans()):
         i = draw(st.integers(-shape[0], shape[0] - 1))
         return (lambda x: x[i]), (draw(tensor(shape)),)
     n = draw(st.integers(1, len(shape)))
@@ -162,8 +177,10 @@ def basic_index(draw):
 @st.composite
 def array_index(draw):
     """Integer-array indexing on the first or last axis, with at least one repeated index."""
-    shape = draw(shapes())
+    shape = list(draw(shapes(min_dims=1)))
     axis = draw(st.sampled_from([0, len(shape) - 1]))
+    shape[axis] = max(shape[axis], 1)  # something to pick (an axis of size 0 may be elsewhere)
+    shape = tuple(shape)
     picks = draw(st.lists(st.integers(0, shape[axis] - 1), min_size=1, max_size=5))
     picks = np.array(picks + picks[:1])  # the first pick twice: its gradient must accumulate
     if axis == 0:
@@ -173,8 +190,11 @@ def array_index(draw):
 
 @st.composite
 def matmul(draw):
-    n, k, m = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    batch_a, batch_b = draw(broadcast_pair(max_dims=2))
+    sizes = [draw(st.integers(1, 4)) for _ in range(3)]
+    if draw(st.integers(0, 5)) == 0:  # n, k or m of size 0 (k = 0: a product of zeros)
+        sizes[draw(st.integers(0, 2))] = 0
+    n, k, m = sizes
+    batch_a, batch_b = draw(broadcast_shapes(2, max_dims=2))
     kind = draw(st.sampled_from(["2d", "batched", "batched@2d", "vector@matrix", "matrix@vector", "dot"]))
     a_shape, b_shape = {"2d": ((n, k), (k, m)), "batched": (batch_a + (n, k), batch_b + (k, m)),
                         "batched@2d": (batch_a + (n, k), (k, m)), "vector@matrix": ((k,), (k, m)),
@@ -184,8 +204,10 @@ def matmul(draw):
 
 @st.composite
 def softmaxes(draw, fn):
-    shape = draw(shapes())
+    shape = draw(shapes(min_dims=1))
     axis = draw(st.integers(-len(shape), len(shape) - 1))
+    # the softmax axis is not empty: see test_functional's test_softmax_over_an_empty_axis_is_empty
+    shape = tuple(max(n, 1) if i == axis % len(shape) else n for i, n in enumerate(shape))
     return (lambda x: fn(x, axis=axis)), (draw(tensor(shape, st.floats(-5, 5))),)
 
 
@@ -199,7 +221,7 @@ def cross_entropy(draw):
 @st.composite
 def embedding_cross_entropy(draw):
     r, v = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    shape = draw(shapes(max_dims=2))
+    shape = draw(shapes(max_dims=2, empty=False))  # (no ids: an error, test_functional.py)
     idx, targets = draw(int_array(shape, r)), draw(int_array(shape, v))
     return (lambda w: F.embedding_cross_entropy(idx, w, targets)), (draw(tensor((r, v), st.floats(-5, 5))),)
 
@@ -213,7 +235,7 @@ def embedding(draw):
 
 @st.composite
 def layer_norm(draw):
-    shape = draw(shapes(max_side=5).filter(lambda s: s[-1] > 1))
+    shape = draw(shapes(min_dims=1, max_side=5).filter(lambda s: s[-1] > 1))
     x = draw(tensor(shape, st.floats(-3, 3)))
     weight, bias = draw(tensor(shape[-1:])), draw(tensor(shape[-1:]))
     if draw(st.booleans()):
@@ -229,10 +251,10 @@ def dropout(draw):
 
 @st.composite
 def concat(draw):
-    """Tensors that agree except along `axis`, where each has its own size."""
-    shape = draw(shapes(max_dims=3))
+    """One to four tensors that agree except along `axis`, where each has its own size (0 too)."""
+    shape = draw(shapes(min_dims=1, max_dims=3))
     axis = draw(st.integers(-len(shape), len(shape) - 1))
-    sizes = draw(st.lists(st.integers(1, 3), min_size=1, max_size=3))
+    sizes = draw(st.lists(st.integers(0, 3), min_size=1, max_size=4))
     xs = []
     for n in sizes:
         s = list(shape)
@@ -251,9 +273,10 @@ def stack(draw):
 
 @st.composite
 def where(draw):
-    shape = draw(shapes())
-    cond = draw(mask_for(shape))
-    return (lambda a, b: F.where(cond, a, b)), (draw(tensor(shape)), draw(tensor(shape[-1:])))
+    """cond, a and b each broadcasting against the others: a (3, 1), b (1, 4), cond (4,) say."""
+    cond_shape, a_shape, b_shape = draw(broadcast_shapes(3))
+    cond = draw(hnp.arrays(np.bool_, cond_shape))
+    return (lambda a, b: F.where(cond, a, b)), (draw(tensor(a_shape)), draw(tensor(b_shape)))
 
 
 @st.composite

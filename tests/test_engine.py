@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanograd import Tensor, no_grad
+from nanograd import Function, Tensor, no_grad
 from nanograd import functional as F
 
 
@@ -48,11 +48,16 @@ def test_detach_cuts_the_graph():
     np.testing.assert_allclose(x.grad, [3.0, 6.0])
 
 
-def test_grad_has_the_shape_and_dtype_of_the_leaf():
-    for dtype in (np.float32, np.float64):
-        x = Tensor(np.ones((2, 3), dtype=dtype), requires_grad=True)
-        (x * 2).sum().backward()
-        assert x.grad.shape == (2, 3) and x.grad.dtype == dtype
+@pytest.mark.parametrize("leaf_dtype, other_dtype", [(np.float32, np.float32), (np.float64, np.float64),
+                                                     (np.float32, np.float64)])
+def test_a_leaf_gradient_keeps_the_leaf_shape_and_dtype_also_when_it_accumulates(leaf_dtype, other_dtype):
+    """A float64 operand makes the gradient float64 on its way down to a float32 leaf."""
+    x = Tensor(np.array([[1.0, 2.0]], leaf_dtype), requires_grad=True)
+    w = Tensor(np.array([[0.5, 0.25]], other_dtype))
+    for total in (1, 2):
+        (x * w).sum().backward()
+        assert x.grad.shape == (1, 2) and x.grad.dtype == leaf_dtype
+        np.testing.assert_allclose(x.grad, total * w.data)
 
 
 # ---- gradient values against hand computation ---------------------------------------------------
@@ -112,6 +117,20 @@ def test_max_routes_the_gradient_to_the_maximum_only():
     np.testing.assert_allclose(x.grad, [[0, 1, 0], [1, 0, 0]])
 
 
+def test_max_shares_the_gradient_equally_between_tied_maxima():
+    x = leaf([[1.0, 5.0, 5.0], [7.0, 7.0, 7.0], [0.0, 2.0, 1.0]])
+    x.max(axis=1).backward(np.array([4.0, 3.0, 2.0]))  # (not all 1: g times the share, not g over it)
+    np.testing.assert_allclose(x.grad, [[0, 2, 2], [1, 1, 1], [0, 2, 0]])
+    y = leaf([[3.0, -1.0], [3.0, 3.0]])
+    y.max().backward(np.array(6.0))
+    np.testing.assert_allclose(y.grad, [[2, 0], [2, 2]])
+
+
+def test_the_max_of_nothing_is_refused_as_in_numpy():
+    with pytest.raises(ValueError, match="zero-size array"):
+        Tensor(np.ones((2, 0))).max(axis=1)
+
+
 def test_reductions_over_a_tuple_of_axes():
     x = leaf(np.arange(24.0).reshape(2, 3, 4))
     np.testing.assert_allclose(x.sum(axis=(0, 2)).data, x.data.sum(axis=(0, 2)))
@@ -133,23 +152,6 @@ def test_backward_twice_on_two_graphs_accumulates_into_leaves():
     np.testing.assert_allclose(x.grad, [11.0])
 
 
-def test_a_leaf_gradient_takes_the_leaf_dtype():
-    x = Tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
-    (x * Tensor(np.array([0.5, 0.25]))).sum().backward()  # a float64 gradient reaches x
-    assert x.grad.dtype == np.float32
-    np.testing.assert_allclose(x.grad, [0.5, 0.25])
-
-
-def test_retain_graph_allows_a_second_backward_that_doubles_the_gradient():
-    x = leaf([1.0, 2.0])
-    loss = (x * x * x).sum()
-    loss.backward(retain_graph=True)
-    first = x.grad.copy()
-    loss.backward()
-    np.testing.assert_allclose(first, 3 * x.data**2)
-    np.testing.assert_allclose(x.grad, 2 * first)
-
-
 def test_only_leaves_keep_a_gradient_and_zero_grad_clears_it():
     x = leaf([1.0])
     y = x * 3
@@ -157,7 +159,7 @@ def test_only_leaves_keep_a_gradient_and_zero_grad_clears_it():
     assert y.grad is None
     np.testing.assert_allclose(x.grad, [18.0])
     x.zero_grad()
-    assert x.grad is None or not np.any(x.grad)
+    assert x.grad is None
 
 
 @pytest.mark.parametrize("step, expected", [(lambda y: y * 1.0001, 1.0001**5000), (lambda y: y + 0, 1.0)],
@@ -169,25 +171,6 @@ def test_deep_graph_does_not_hit_the_recursion_limit(step, expected):
         y = step(y)
     y.sum().backward()
     np.testing.assert_allclose(x.grad, [expected])
-
-
-# ---- dtypes ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fn", [
-    lambda x: x * 0.5 + 1, lambda x: x**2, lambda x: 0.5 * x - 2, lambda x: 2 - x, lambda x: 1 / (x + 3),
-    lambda x: x / 2, lambda x: -x, lambda x: x.exp().log(), lambda x: (x * x + 1).sqrt(), lambda x: x.tanh(),
-    lambda x: x.relu(), lambda x: x.mean(axis=0), lambda x: x.sum(), lambda x: x.max(axis=1),
-    lambda x: x @ x.transpose(0, 1), lambda x: x.reshape(4, 3).permute(1, 0), lambda x: x[1:, np.array([0, 0, 2])],
-    lambda x: x + Tensor(np.ones(4, dtype=np.float32)),
-    lambda x: x / np.ones((3, 4), bool).sum(), lambda x: np.float64(0.5) * x - np.int32(1),
-], ids=["mul-add-scalar", "pow", "rmul-sub", "rsub", "rdiv", "div", "neg", "exp-log", "sqrt", "tanh", "relu",
-        "mean", "sum", "max", "matmul", "reshape-permute", "getitem", "broadcast-add",
-        "div-numpy-int", "numpy-scalars"])
-def test_float32_stays_float32_forward_and_backward(fn):
-    x = Tensor(np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32), requires_grad=True)
-    out = fn(x)
-    assert out.dtype == np.float32
-    out.sum().backward()
-    assert x.grad.dtype == np.float32
 
 
 # ---- no_grad -----------------------------------------------------------------------------------
@@ -290,13 +273,6 @@ def test_reshape_error_names_the_shapes():
 
 
 # ---- corners found by an API review ------------------------------------------------------------
-def test_an_accumulated_gradient_keeps_the_leaf_dtype():
-    x = Tensor(np.ones(2, np.float32), requires_grad=True)
-    for _ in range(2):  # a float64 operand makes the gradient float64 on its way down
-        (x * np.ones(2)).sum().backward()
-    assert x.grad.dtype == np.float32 and (x.grad == 2).all()
-
-
 def test_numpy_integer_axes_reduce_and_differentiate():
     x = leaf(np.arange(6.0).reshape(2, 3))
     (x.sum(axis=np.int64(1)).sum() + x.max(axis=np.int64(0)).sum() + x.mean(axis=np.int64(1)).sum()).backward()
@@ -324,18 +300,21 @@ def test_transposing_fewer_than_two_axes():
         x.transpose(0, 1)
 
 
-def test_a_backward_of_the_wrong_shape_is_named():
-    from nanograd.function import Function
+class Double(Function):
+    """z = 2x, with a backward that a test replaces by a wrong one."""
 
-    class Bad(Function):
-        def forward(self, x):
-            return x * 2
+    def forward(self, x):
+        return x * 2
 
-        def backward(self, g):
-            return (g[:1],)
 
-    with pytest.raises(ValueError, match=r"Bad.backward .* shape \(1,\) for an input of shape \(2,\)"):
-        Bad.apply(leaf([1.0, 2.0])).sum().backward()
+@pytest.mark.parametrize("backward, message", [
+    (lambda self, g: (g[:1],), r"Double.backward .* shape \(1,\) for an input of shape \(2,\)"),
+    (lambda self, g: (2 * g, 2 * g), r"Double.backward returned 2 gradients for 1 inputs"),
+], ids=["wrong-shape", "too-many"])
+def test_a_backward_that_returns_the_wrong_gradients_is_named(monkeypatch, backward, message):
+    monkeypatch.setattr(Double, "backward", backward)
+    with pytest.raises(ValueError, match=message):
+        Double.apply(leaf([1.0, 2.0])).sum().backward()
 
 
 def test_no_grad_decorates_without_parentheses():

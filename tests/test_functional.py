@@ -53,15 +53,6 @@ def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n():
     np.testing.assert_allclose(x.grad, (np_softmax(logits) - np.eye(4)[targets]) / 3, atol=1e-12)
 
 
-def test_cross_entropy_backward_twice_with_retain_graph_doubles_the_gradient():
-    x = Tensor(randn(3, 4, seed=2), requires_grad=True)
-    loss = F.cross_entropy(x, np.array([0, 1, 3]))
-    loss.backward(retain_graph=True)
-    first = x.grad.copy()
-    loss.backward()
-    np.testing.assert_allclose(x.grad, 2 * first)
-
-
 @settings(deadline=None, max_examples=30)
 @given(data=st.data())
 def test_embedding_cross_entropy_is_a_lookup_then_cross_entropy(data):
@@ -191,6 +182,17 @@ def test_logits_spanning_more_than_float32_holds_take_the_row_max_without_a_warn
     assert nn_ops._overall_max_if_narrow(x[1:]) == 3.0
 
 
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="a known bug: the exp shift takes each row's max, which NumPy refuses for an empty row")
+@pytest.mark.parametrize("fn", [F.softmax, F.log_softmax], ids=["softmax", "log_softmax"])
+def test_softmax_over_an_empty_axis_is_empty(fn):
+    x = Tensor(np.zeros((2, 0)), requires_grad=True)
+    out = fn(x, axis=-1)
+    assert out.shape == (2, 0)
+    out.sum().backward()
+    assert x.grad.shape == (2, 0)
+
+
 def test_cross_entropy_of_no_rows_is_an_error():
     with pytest.raises(ValueError, match="no rows"):
         F.cross_entropy(Tensor(np.zeros((0, 5), np.float32), requires_grad=True), np.zeros(0, np.int64))
@@ -201,37 +203,6 @@ def test_huge_logits_give_the_exact_softmax_and_a_huge_finite_loss():
     np.testing.assert_allclose(F.softmax(Tensor(x)).data, [[1.0, 0.0, 0.0]])
     np.testing.assert_allclose(F.log_softmax(Tensor(x)).data, [[0.0, -2e4, -0.5e4]])
     assert F.cross_entropy(Tensor(x), np.array([1])).item() == pytest.approx(2e4)
-
-
-# ---- float32 stays float32 ---------------------------------------------------------------------
-def f32(*shape, seed=1) -> Tensor:
-    return Tensor(randn(*shape, seed=seed).astype(np.float32), requires_grad=True)
-
-
-FLOAT32_OPS = {
-    "softmax": lambda x: F.softmax(x),
-    "log_softmax": lambda x: F.log_softmax(x),
-    "cross_entropy": lambda x: F.cross_entropy(x.reshape(4, 6), np.array([0, 1, 2, 5])),
-    "gelu": lambda x: F.gelu(x),
-    "relu": lambda x: F.relu(x),
-    "layer_norm": lambda x: F.layer_norm(x, Tensor(np.ones(6, dtype=np.float32)), Tensor(np.zeros(6, np.float32))),
-    "dropout": lambda x: F.dropout(x, 0.5, rng=np.random.default_rng(0)),
-    "concat": lambda x: F.concat([x, x * 2], axis=1),
-    "stack": lambda x: F.stack([x, x], axis=0),
-    "where": lambda x: F.where(x.data > 0, x, x * 0.5),
-    "masked_fill": lambda x: F.masked_fill(x, np.array([True, False] * 3), -1e9),
-    "attention": lambda x: F.scaled_dot_product_attention(*(x.reshape(1, 2, 2, 6) for _ in range(3))),
-    "embedding": lambda x: F.embedding(np.array([[0, 3], [3, 1]]), x),
-}
-
-
-@pytest.mark.parametrize("name", list(FLOAT32_OPS))
-def test_float32_stays_float32_forward_and_backward(name):
-    x = f32(4, 6)
-    out = FLOAT32_OPS[name](x)
-    assert out.dtype == np.float32
-    (out * 1.5).sum().backward()
-    assert x.grad.dtype == np.float32
 
 
 # ---- embedding ---------------------------------------------------------------------------------
@@ -303,10 +274,6 @@ def test_gelu_block_by_block_matches_one_piece_and_passes_gradcheck(monkeypatch)
     for a, b in zip(blocked, whole):
         np.testing.assert_array_equal(a, b)
     assert gradcheck(F.gelu, Tensor(x, requires_grad=True))
-
-
-def test_relu():
-    np.testing.assert_array_equal(F.relu(Tensor(np.array([-2.0, 0.5, 3.0]))).data, [0.0, 0.5, 3.0])
 
 
 # ---- attention ---------------------------------------------------------------------------------
@@ -423,10 +390,19 @@ def test_dropout_with_the_same_seed_drops_the_same_entries():
 
 
 # ---- concat, stack, where, masked_fill ---------------------------------------------------------
-def test_concat_and_stack_match_numpy():
-    a, b = randn(2, 3), randn(2, 5, seed=1)
-    np.testing.assert_array_equal(F.concat([Tensor(a), Tensor(b)], axis=1).data, np.concatenate([a, b], axis=1))
+def test_stack_matches_numpy():
+    a = randn(2, 3)
     np.testing.assert_array_equal(F.stack([Tensor(a), Tensor(a * 2)], axis=1).data, np.stack([a, a * 2], axis=1))
+
+
+def test_concat_of_several_sizes_sends_each_input_its_slice_of_the_gradient():
+    xs = [Tensor(randn(2, n, seed=n), requires_grad=True) for n in (2, 0, 3, 1)]
+    out = F.concat(xs, axis=1)
+    np.testing.assert_array_equal(out.data, np.concatenate([x.data for x in xs], axis=1))
+    g = np.arange(12.0).reshape(2, 6)
+    out.backward(g)
+    for x, expected in zip(xs, (g[:, 0:2], g[:, 2:2], g[:, 2:5], g[:, 5:6])):
+        np.testing.assert_array_equal(x.grad, expected)
 
 
 def test_where_picks_elementwise_and_sends_each_gradient_to_its_side():
