@@ -60,7 +60,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         qkv = self.c_attn(x)  # (B, T, 3C): the queries, keys and values of every head at once
         dropout = self.dropout if self.training else 0.0
-        y = F.self_attention(qkv, self.n_head, causal=True, dropout=dropout)  # (B, T, C)
+        y = F.self_attention(qkv, self.n_head, is_causal=True, dropout_p=dropout)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
 
