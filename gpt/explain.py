@@ -19,6 +19,7 @@ Each takes --help. The guide in docs/ walks through them in order.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -257,8 +258,8 @@ def cost(args: argparse.Namespace) -> None:
         q = k = v = Tensor(rng.standard_normal((1, 4, T, 32)).astype(np.float32))
         with no_grad():
             forward = _best_time(model, idx)
-            causal = lambda *qkv: F.scaled_dot_product_attention(*qkv, is_causal=True)  # noqa: E731
-            attend = _best_time(causal, q, k, v) * 4  # 4 layers
+            causal_attention = functools.partial(F.scaled_dot_product_attention, is_causal=True)
+            attend = _best_time(causal_attention, q, k, v) * 4  # 4 layers
         print(f"{T:>6} {forward * 1e3:>11.2f} {attend * 1e3:>13.2f} {attend / forward:>6.0%} "
               f"{forward / T * 1e6:>13.1f}")
     print("the matmuls grow with T, attention's T x T scores with T^2: its share grows with the block")
