@@ -8,7 +8,6 @@ NumPy directly on tensor data (tests/test_backend.py checks this).
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 import os
 from collections.abc import Callable
@@ -157,20 +156,8 @@ def sum_leading_axes(x: Any, n: int) -> Any:
     (benchmarks/RESULTS.md).
     """
     rows = x.reshape(math.prod(x.shape[:n]), math.prod(x.shape[n:]))  # (N, M)
-    total = filled(array_module(x), rows.shape[0], 1.0, x.dtype) @ rows  # (M,)
+    total = array_module(x).ones(rows.shape[0], dtype=x.dtype) @ rows  # (M,)
     return total.reshape(x.shape[n:])
-
-
-@functools.lru_cache(maxsize=256)
-def filled(xp: ModuleType, n: int, value: float, dtype: Any) -> Any:
-    """A vector of n copies of value, made once per size and shared (so read-only on the CPU):
-    the vectors that turn sums into matrix-vector products (sum_leading_axes, row sums in
-    ops/nn.py). Little is saved per sum, but a KV-cached token makes about 20 of them
-    (benchmarks/RESULTS.md)."""
-    vector = xp.full(n, value, dtype=dtype)
-    if xp is np:
-        vector.flags.writeable = False
-    return vector
 
 
 def keep_freed_memory() -> bool:
