@@ -102,11 +102,11 @@ OPS = [
     Op("embedding (B,T)->(B,T,C)", [randn(V, C)],
        lambda w: F.embedding(IDS, w), lambda w: w[IDS], lambda t, w: t.nn.functional.embedding(t.from_numpy(IDS), w)),
     Op("attention (B,nh,T,hs)", [randn(B, NH, T, HS) for _ in range(3)],
-       F.scaled_dot_product_attention, np_attention,
+       lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), np_attention,
        lambda t, q, k, v: t.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)),
     # what the model calls: the fused c_attn output split into heads inside one op
     Op("self_attention (B,T,3C)", [randn(B, T, 3 * C)],
-       lambda qkv: F.self_attention(qkv, NH), np_self_attention, torch_self_attention),
+       lambda qkv: F.self_attention(qkv, NH, is_causal=True), np_self_attention, torch_self_attention),
 ]
 
 

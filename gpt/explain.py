@@ -19,6 +19,7 @@ Each takes --help. The guide in docs/ walks through them in order.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -258,7 +259,8 @@ def cost(args: argparse.Namespace) -> None:
         q = k = v = Tensor(rng.standard_normal((1, 4, T, 32)).astype(np.float32))
         with no_grad():
             forward = _best_time(model, idx)
-            attend = _best_time(F.scaled_dot_product_attention, q, k, v) * 4  # 4 layers
+            causal_attention = functools.partial(F.scaled_dot_product_attention, is_causal=True)
+            attend = _best_time(causal_attention, q, k, v) * 4  # 4 layers
         print(f"{T:>6} {forward * 1e3:>11.2f} {attend * 1e3:>13.2f} {attend / forward:>6.0%} "
               f"{forward / T * 1e6:>13.1f}")
     print("the matmuls grow with T, attention's T x T scores with T^2: its share grows with the block")
@@ -314,7 +316,8 @@ def _gradcheck_cases(rng: np.random.Generator) -> dict:
         "matmul": (lambda a, b: a @ b, [t(2, 3, 4), t(4, 5)]),
         "embedding": (lambda w: F.embedding(ids, w), [t(5, 4)]),
         "embedding_cross_entropy": (lambda w: F.embedding_cross_entropy(ids, w, ids[::-1]), [t(5, 5)]),
-        "attention": (F.scaled_dot_product_attention, [t(2, 2, 4, 3), t(2, 2, 4, 3), t(2, 2, 4, 3)]),
+        "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                      [t(2, 2, 4, 3), t(2, 2, 4, 3), t(2, 2, 4, 3)]),
     }
 
 

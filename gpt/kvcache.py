@@ -68,7 +68,7 @@ class KVCache:
             q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # each (B, nh, T, hs)
             self.k[layer, :, :, past:end], self.v[layer, :, :, past:end] = k, v
             y = ops.ScaledDotProductAttention().forward(
-                q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], causal=True)  # (B, nh, T, hs)
+                q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], is_causal=True)  # (B, nh, T, hs)
             x = x + _linear(y.transpose(0, 2, 1, 3).reshape(B, T, -1), block.attn.c_proj)  # (B, T, C)
             h = ops.Gelu().forward(_linear(_layer_norm(x, block.ln_2), block.mlp.c_fc))  # (B, T, 4C)
             x = x + _linear(h, block.mlp.c_proj)  # (B, T, C)

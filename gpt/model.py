@@ -69,7 +69,7 @@ class CausalSelfAttention(nn.Module):
         qkv = self.c_attn(x)  # (B, T, 3C): the queries, keys and values of every head at once
         if self.fused:  # the same computation as attend() below, as one op
             dropout_p = self.dropout if self.training else 0.0
-            y = F.self_attention(qkv, self.n_head, causal=True, dropout=dropout_p)  # (B, T, C)
+            y = F.self_attention(qkv, self.n_head, is_causal=True, dropout_p=dropout_p)  # (B, T, C)
         else:
             y = self.attend(qkv)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)

@@ -8,7 +8,6 @@ NumPy directly on tensor data (tests/test_backend.py checks this).
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 import os
 from collections.abc import Callable
@@ -153,24 +152,12 @@ def sum_leading_axes(x: Any, n: int) -> Any:
     (B, T, C) is the sum over B and T).
 
     One matrix-vector product ones (N,) @ x (N, M), N = d1 ... dn, M the rest: BLAS does it
-    several times faster than a reduction over the leading axes, on both devices (CPU: 8.8 ->
-    2.3 us at (384, 128), 45 -> 19 us at (768, 512); cuBLAS on an H200: benchmarks/RESULTS.md).
+    several times faster than a reduction over the leading axes, on both devices
+    (benchmarks/RESULTS.md).
     """
     rows = x.reshape(math.prod(x.shape[:n]), math.prod(x.shape[n:]))  # (N, M)
-    total = filled(array_module(x), rows.shape[0], 1.0, x.dtype) @ rows  # (M,)
+    total = array_module(x).ones(rows.shape[0], dtype=x.dtype) @ rows  # (M,)
     return total.reshape(x.shape[n:])
-
-
-@functools.lru_cache(maxsize=256)
-def filled(xp: ModuleType, n: int, value: float, dtype: Any) -> Any:
-    """A vector of n copies of value, made once per size and shared (so read-only on the CPU):
-    the vectors that turn sums into matrix-vector products (sum_leading_axes, row sums in
-    ops/nn.py). Under 1 us saved per sum, but a KV-cached token makes about 20 of them
-    (benchmarks/RESULTS.md: with a dropped max, 10-14 us a token)."""
-    vector = xp.full(n, value, dtype=dtype)
-    if xp is np:
-        vector.flags.writeable = False
-    return vector
 
 
 def keep_freed_memory() -> bool:
@@ -179,8 +166,8 @@ def keep_freed_memory() -> bool:
 
     Every training step allocates and frees the same tens of MB of activations. By default
     glibc gives large blocks back to the kernel when they are freed and maps them again at the
-    next step, paying a page fault per 4 KiB touched: about 9,000 faults and 20% of a baby
-    step here (benchmarks/RESULTS.md). With this, the process keeps its high-water mark of
+    next step, paying a page fault per 4 KiB touched, a large part of a small model's step
+    (benchmarks/RESULTS.md). With this, the process keeps its high-water mark of
     memory instead. It is process-wide, so it helps every library in the process alike.
     """
     try:

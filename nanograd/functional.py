@@ -118,34 +118,37 @@ def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
     return where(mask, value, x)
 
 
-def _dropout_rng(op: str, dropout: float, rng: Any, device: str) -> Any:
+def _dropout_rng(op: str, dropout_p: float, rng: Any, device: str) -> Any:
     """The generator the attention weights' dropout draws from (None without dropout): rng,
     or the device's own."""
-    if not 0 <= dropout < 1:
-        raise ValueError(f"{op}: dropout must be in [0, 1), got {dropout}")
-    return (rng or backend.generator(device)) if dropout > 0 else None
+    if not 0 <= dropout_p < 1:
+        raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
+    return (rng or backend.generator(device)) if dropout_p > 0 else None
 
 
-def scaled_dot_product_attention(
-    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout: float = 0.0, rng: Any = None
-) -> Tensor:
-    """softmax(q k^T / sqrt(hs)) v for (B, nh, T, hs) inputs, optionally with a causal mask
-    and dropout on the attention weights (pass dropout=0 when not training)."""
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, *, dropout_p: float = 0.0,
+                                 is_causal: bool = False, rng: Any = None) -> Tensor:
+    """softmax(query key^T / sqrt(hs)) value for (B, nh, T, hs) inputs, with PyTorch's names
+    and defaults: is_causal masks each query's future, dropout_p drops attention weights
+    (pass 0 when not training). PyTorch's attn_mask and scale are not offered: the options
+    are keyword-only, so that no argument is taken in a meaning PyTorch gives another."""
+    q, k, v = query, key, value
     if q.ndim != 4 or k.shape != v.shape or q.shape[:2] + q.shape[3:] != k.shape[:2] + k.shape[3:]:
         raise ValueError(
-            f"attention: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, nh, T, hs) with k, v alike"
+            f"attention: query {q.shape}, key {k.shape}, value {v.shape}: expected (B, nh, T, hs) with key, value alike"
         )
-    if causal and q.shape[2] > k.shape[2]:
+    if is_causal and q.shape[2] > k.shape[2]:
         raise ValueError(f"attention: causal with more queries ({q.shape[2]}) than keys ({k.shape[2]})")
-    rng = _dropout_rng("attention", dropout, rng, q.device)
-    return ops.ScaledDotProductAttention.apply(q, k, v, causal=causal, dropout=dropout, rng=rng)
+    rng = _dropout_rng("attention", dropout_p, rng, q.device)
+    return ops.ScaledDotProductAttention.apply(q, k, v, is_causal=is_causal, dropout_p=dropout_p, rng=rng)
 
 
-def self_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout: float = 0.0,
+def self_attention(qkv: Tensor, n_head: int, *, dropout_p: float = 0.0, is_causal: bool = False,
                    rng: Any = None) -> Tensor:
     """Multi-head attention on a fused projection qkv (B, T, 3C) -> (B, T, C): the same result
-    as splitting q, k, v into n_head heads and calling scaled_dot_product_attention, as one op."""
+    as splitting q, k, v into n_head heads and calling scaled_dot_product_attention (same
+    options), as one op."""
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
         raise ValueError(f"self_attention: qkv {qkv.shape} is not (B, T, 3C) with C divisible by {n_head} heads")
-    rng = _dropout_rng("self_attention", dropout, rng, qkv.device)
-    return ops.SelfAttention.apply(qkv, n_head=n_head, causal=causal, dropout=dropout, rng=rng)
+    rng = _dropout_rng("self_attention", dropout_p, rng, qkv.device)
+    return ops.SelfAttention.apply(qkv, n_head=n_head, is_causal=is_causal, dropout_p=dropout_p, rng=rng)

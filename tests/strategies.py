@@ -294,7 +294,7 @@ def attention(draw):
     causal = draw(st.booleans())
     q = draw(tensor((B, nh, Tq, hs)))
     k, v = draw(tensor((B, nh, Tk, hs))), draw(tensor((B, nh, Tk, hs)))
-    return (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=causal)), (q, k, v)
+    return (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)), (q, k, v)
 
 
 @st.composite
@@ -302,4 +302,4 @@ def self_attention(draw):
     B, T, nh, hs = draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
     dropout_p, seed = draw(st.sampled_from([0.0, 0.3])), draw(st.integers(0, 100))
     qkv = draw(tensor((B, T, 3 * nh * hs)))
-    return (lambda x: F.self_attention(x, nh, dropout=dropout_p, rng=FixedRandom(seed))), (qkv,)
+    return (lambda x: F.self_attention(x, nh, is_causal=True, dropout_p=dropout_p, rng=FixedRandom(seed))), (qkv,)
