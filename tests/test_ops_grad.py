@@ -128,12 +128,13 @@ def test_a_second_backward_with_retain_graph_doubles_the_gradient(name, data):
 def test_attention_gradient_with_every_axis_of_its_own_size(causal, Tq, Tk):
     B, nh, hs = 2, 3, 4
     q, k, v = leaf((B, nh, Tq, hs), seed=1), leaf((B, nh, Tk, hs), seed=2), leaf((B, nh, Tk, hs), seed=3)
-    assert gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=causal), q, k, v, **TOLERANCE)
+    assert gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal), q, k, v, **TOLERANCE)
 
 
-def test_self_attention_gradient_with_every_axis_of_its_own_size():
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_self_attention_gradient_with_every_axis_of_its_own_size(causal):
     B, T, nh, hs = 2, 5, 3, 4
-    assert gradcheck(lambda qkv: F.self_attention(qkv, nh), leaf((B, T, 3 * nh * hs)), **TOLERANCE)
+    assert gradcheck(lambda qkv: F.self_attention(qkv, nh, is_causal=causal), leaf((B, T, 3 * nh * hs)), **TOLERANCE)
 
 
 # ---- gradcheck must be able to fail --------------------------------------------------------------
