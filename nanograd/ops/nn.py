@@ -28,10 +28,16 @@ def _row_mean(x):
     return _row_sum(x, 1.0 / x.shape[-1])
 
 
+def _minus_max(x, axis):
+    """x - its max along axis: at most 0, so that exp cannot overflow (an empty x stays empty,
+    where NumPy would refuse the max of an empty row)."""
+    return x - x.max(axis=axis, keepdims=True) if x.size else x.copy()
+
+
 def _softmax(x, axis):
     """exp(x) / sum(exp(x)) along axis, computed as exp(x - max) so that no exp overflows."""
     xp = array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))  # every value in (0, 1]
+    e = xp.exp(_minus_max(x, axis))  # every value in (0, 1]
     return e / e.sum(axis=axis, keepdims=True)
 
 
@@ -61,7 +67,10 @@ class LogSoftmax(Function):
     def forward(self, x, axis=-1):
         xp = array_module(x)
         self.axis = axis
-        shifted = x - x.max(axis=axis, keepdims=True)  # at most 0
+        shifted = _minus_max(x, axis)
+        if x.size == 0:  # nothing to normalise (and log of an empty row's sum, 0, would warn)
+            self.y = shifted
+            return self.y
         self.y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
         return self.y
 
@@ -376,16 +385,38 @@ class ScaledDotProductAttention(Function):
         return xp.concatenate(dq_chunks, axis=-2), dk, dv  # dq (B, nh, Tq, hs)
 
 
+EXP_SAFE_RANGE = 60.0  # e^-60 ~ 1e-26: far inside float32's normal range, which ends near e^-87
+
+
+def _overall_max_if_narrow(scores):
+    """The overall max of the scores if they all lie within EXP_SAFE_RANGE below it, else None.
+
+    Softmax may subtract any shift before exp; each row's max keeps every exp in (0, 1]. Where
+    the scores span less than EXP_SAFE_RANGE, one number is as safe (every exp in [e^-60, 1])
+    and costs one pass instead of a max per row: about 5% of a baby rank's step
+    (benchmarks/RESULTS.md). A row far below the overall max is then rounded less finely
+    (x - max in float32 at up to 60 rather than near 0): a relative error up to about
+    60 x 6e-8 = 4e-6 in its weights (tests/test_functional.py). CPU only (on a GPU, reading
+    the range back would wait for the device), and not in float16, where e^-60 is 0.
+    """
+    if device_of(scores) != "cpu" or scores.size == 0 or scores.dtype.itemsize < 4:
+        return None
+    top = scores.max()
+    return top if scores.min() > top - EXP_SAFE_RANGE else None  # (top - scores.min() could overflow)
+
+
 def _attention_forward(q, k, v, scale, is_causal, dropout_p, rng):
     """Attention of queries q (B, nh, Tq, hs) on the keys k and values v (B, nh, Tk, hs) they
     see: returns y (B, nh, Tq, hs), att and the dropout's keep (None without), (B, nh, Tq, Tk)."""
     xp = array_module(q)
     Tq, Tk = q.shape[-2], k.shape[-2]
     scores = (q @ k.swapaxes(-1, -2)) * scale  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+    top = _overall_max_if_narrow(scores)  # taken before the mask, whose -inf would widen the range
     if is_causal:
         scores = xp.where(_future(xp, Tq, Tk), -xp.inf, scores)  # exp(-inf) = 0: no weight on the future
-    att = xp.exp(scores - scores.max(axis=-1, keepdims=True))  # (B, nh, Tq, Tk) softmax over the keys,
-    att /= _row_sum(att)  # shifted by each row's max so that no exp overflows
+    shift = scores.max(axis=-1, keepdims=True) if top is None else top  # so that no exp overflows
+    att = xp.exp(scores - shift)  # (B, nh, Tq, Tk) softmax over the keys
+    att /= _row_sum(att)
     keep = _keep_mask(rng, att, dropout_p) if dropout_p > 0 else None  # (B, nh, Tq, Tk)
     y = (att if keep is None else att * keep) @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
     return y, att, keep
