@@ -39,7 +39,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms
     tie_weights: bool = True  # lm_head reuses the token embedding (as GPT-2)
     # True: attention, LayerNorm and GELU each run as one fused op with a hand-written backward
-    # (nanograd/ops/nn.py). False: as the lecture writes them, from Tensor ops (the reference:
+    # (nanograd/ops/). False: as the lecture writes them, from Tensor ops (the reference:
     # slower, the same numbers; tests/test_gpt.py checks that the two agree).
     fused: bool = True
 

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from nanograd import Tensor, backend, gradcheck
 from nanograd import functional as F
-from nanograd.ops import nn as nn_ops
+from nanograd.ops import attention as attention_ops
 from tests.strategies import FixedRandom
 
 
@@ -304,11 +304,11 @@ def test_causal_attention_in_chunks_matches_the_naive_reference(monkeypatch, Tq,
     q, k, v = randn(2, 3, Tq, 4, seed=4), randn(2, 3, Tk, 4, seed=5), randn(2, 3, Tk, 4, seed=6)
 
     def run(chunk: int):
-        monkeypatch.setattr(nn_ops, "QUERY_CHUNK", chunk)
+        monkeypatch.setattr(attention_ops, "QUERY_CHUNK", chunk)
         tensors = [Tensor(a, requires_grad=True) for a in (q, k, v)]
         out = F.scaled_dot_product_attention(*tensors, is_causal=True)
         (out * Tensor(randn(*out.shape, seed=7))).sum().backward()
-        return out.data, [t.grad for t in tensors], len(nn_ops._query_chunks(Tq, Tk, True))
+        return out.data, [t.grad for t in tensors], len(attention_ops._query_chunks(Tq, Tk, True))
 
     chunked, chunked_grads, chunks = run(2)
     _, whole_grads, one = run(1000)
@@ -341,7 +341,7 @@ def test_attention_stays_accurate_when_the_rows_of_scores_sit_far_apart(spread):
 
 
 def test_attention_in_chunks_passes_gradcheck_with_dropout(monkeypatch):
-    monkeypatch.setattr(nn_ops, "QUERY_CHUNK", 2)
+    monkeypatch.setattr(attention_ops, "QUERY_CHUNK", 2)
     qkv = Tensor(randn(2, 5, 3 * 2 * 3, seed=8), requires_grad=True)
     assert gradcheck(lambda x: F.self_attention(x, 2, is_causal=True, dropout_p=0.3, rng=FixedRandom(1)), qkv)
 

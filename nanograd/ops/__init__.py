@@ -1,5 +1,6 @@
 """Every differentiable op, one Function subclass each, grouped by kind."""
 
+from .attention import ScaledDotProductAttention, SelfAttention
 from .elementwise import Add, Div, Exp, Log, Mul, Neg, Pow, Relu, Sqrt, Sub, Tanh, Where
 from .matmul import MatMul
 from .movement import Concat, GetItem, Permute, Reshape, Stack
@@ -11,8 +12,6 @@ from .nn import (
     Gelu,
     LayerNorm,
     LogSoftmax,
-    ScaledDotProductAttention,
-    SelfAttention,
     Softmax,
 )
 from .reduce import Max, Sum
