@@ -127,7 +127,6 @@ def dropout_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-
 def fit(config: TrainConfig, device: str, dataset: TokenDataset, model: nn.Module, resumed: SavedRun | None,
         log: Callable[[str], None], world: World) -> dict[str, Any]:
     """The training loop, in a claimed out_dir (see train); returns the last evaluation's row."""
