@@ -154,7 +154,7 @@ def check_before_timing(train_text: str, vocab_size: int, n_naive: int) -> BPETo
     return tok
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_flags(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary, 256 bytes included")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="the corpus, a UTF-8 text file")
@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--rounds must be at least 1")
     if not Path(args.data).is_file():
         raise UserError(f"corpus not found at {args.data}: pass --data, or copy tiny shakespeare there")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_flags(argv)
     text = Path(args.data).read_text(encoding="utf-8")
     n_train = int(len(text) * (1 - VAL_FRACTION))
     train_text, val_text = text[:n_train], text[n_train:]

@@ -232,9 +232,7 @@ def measure_memory(args: argparse.Namespace, argv: list[str]) -> None:
               + (f", summed over {processes} processes)" if processes > 1 else ")"))
 
 
-def main(argv: list[str] | None = None) -> None:
-    nanograd.backend.keep_freed_memory()  # as gpt.train does: the same allocator for both implementations
-    argv = sys.argv[1:] if argv is None else argv
+def parse_flags(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="baby", choices=sorted(PRESETS))
     for name in SHAPE_FLAGS:
@@ -260,10 +258,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory and args.sweep:
         raise UserError("--memory measures one configuration: leave out --sweep")
     args.device = usable_device(args.device)
-    config = config_for(args)
-    if args.torch_counts and (config.model != "bigram" or args.sweep or args.no_torch):
+    if args.torch_counts and (config_for(args).model != "bigram" or args.sweep or args.no_torch):
         raise UserError("--torch-counts changes the PyTorch twin of the bigram: use it with --preset bigram, "
                         "without --sweep or --no-torch")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    nanograd.backend.keep_freed_memory()  # as gpt.train does: the same allocator for both implementations
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_flags(argv)
+    config = config_for(args)
 
     if args.memory:
         return measure_memory(args, argv)

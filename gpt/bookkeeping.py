@@ -19,7 +19,7 @@ import numpy as np
 from nanograd import backend, nn, optim
 from nanograd.distributed import World
 
-from . import ranks
+from . import plots, ranks
 from .checkpoint import SavedRun, checkpoint_path, load_checkpoint, rng_from_json, rng_state_to_json, save_run
 from .config import TrainConfig
 from .errors import Interrupted, UserError, every_rank
@@ -214,32 +214,9 @@ class Bookkeeper:
         if self.world.rank != 0:
             return
         elapsed = time.perf_counter() - self.started
-        self.log(plot_losses(self.metrics_path, self.out_dir / "loss.png"))
+        self.log(plots.plot_losses(self.metrics_path, self.out_dir / "loss.png"))
         self.log(f"done: {self.state['step']} steps in {elapsed:.1f}s, "
                  f"val loss {self.row.get('val_loss', float('nan')):.4f}; checkpoint {checkpoint_path(self.out_dir)}")
-
-
-def plot_losses(metrics_path: Path, out_path: Path) -> str:
-    """loss.png from metrics.jsonl; a one-line note instead when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: skipping loss.png (pip install -e '.[plot]')"
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("train_loss", "train"), ("val_loss", "val")):
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss (nats)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return f"wrote {out_path}"
 
 
 def _check_counters(meta: dict[str, Any]) -> None:

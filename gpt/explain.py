@@ -23,7 +23,6 @@ import functools
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +30,7 @@ import nanograd
 from nanograd import Tensor, no_grad
 from nanograd import functional as F
 
+from . import plots
 from .bigram import BigramLanguageModel
 from .checkpoint import checkpoint_path, load_run
 from .config import PRESETS, TrainConfig, build_model
@@ -135,7 +135,7 @@ def _load(out_dir: str, model_kind: str):
 def bigram(args: argparse.Namespace) -> None:
     if len(args.char) != 1:
         raise UserError(f"--char must be one character, got {args.char!r}")
-    picture = _picture_path(args.png) if args.png else None
+    picture = plots.picture_path(args.png) if args.png else None
     model, _, tok = _load(args.out_dir, "bigram")
     table = model.token_embedding_table.weight.data  # (V, V): row i = logits of the next character
     row = table[tok.encode(args.char)[0]]
@@ -145,52 +145,9 @@ def bigram(args: argparse.Namespace) -> None:
     for i in np.argsort(-probs)[: args.top]:
         print(f"  {tok.chars[i]!r:>6}  {probs[i]:.3f}")
     if picture:
-        _save_heatmap(np.exp(table) / np.exp(table).sum(axis=1, keepdims=True), tok.chars, picture,
-                      "bigram: P(next character | current character)", "next character", "current character")
-
-
-def _picture_path(path: str) -> Path:
-    """Where --png writes: checked before any work, so a bad name costs nothing. No suffix
-    means .png; a suffix must be a format matplotlib writes (checked where it is installed)."""
-    target = Path(path)
-    if path.endswith(("/", "\\")) or target.is_dir():
-        raise UserError(f"--png {path} is a directory: give a file name, such as {target / 'picture.png'}")
-    if not target.parent.is_dir():
-        raise UserError(f"--png {path}: there is no directory {target.parent}")
-    target = target if target.suffix else target.with_suffix(".png")
-    try:
-        from matplotlib.backend_bases import FigureCanvasBase
-    except ImportError:
-        return target
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if target.suffix[1:].lower() not in formats:
-        raise UserError(f"--png {path}: matplotlib cannot write {target.suffix} files (it writes "
-                        f"{', '.join('.' + f for f in sorted(formats))})")
-    return target
-
-
-def _save_heatmap(matrix: np.ndarray, labels: list[str], target: Path, title: str, xlabel: str, ylabel: str,
-                  xlabels: list[str] | None = None) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no picture (pip install -e '.[plot]')")
-        return
-    size = max(6, len(labels) * 0.14)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
-    for axis, names in ((ax.set_yticks, labels), (ax.set_xticks, xlabels or labels)):
-        axis(range(len(names)), [show(c) for c in names], fontsize=7)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    fig.tight_layout()
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    print(f"wrote {target}")
+        probabilities = np.exp(table) / np.exp(table).sum(axis=1, keepdims=True)  # (V, V): row = current character
+        plots.save_heatmap(probabilities, [show(c) for c in tok.chars], picture,
+                           "bigram: P(next character | current character)", "next character", "current character")
 
 
 def averaging(args: argparse.Namespace) -> None:
@@ -221,7 +178,7 @@ def scaling(args: argparse.Namespace) -> None:
 
 
 def attention(args: argparse.Namespace) -> None:
-    picture = _picture_path(args.png) if args.png else None
+    picture = plots.picture_path(args.png) if args.png else None
     model, config, tok = _load(args.out_dir, "gpt")
     if not 0 <= args.layer < config.n_layer or not 0 <= args.head < config.n_head:
         raise UserError(f"the model has layers 0..{config.n_layer - 1} and heads 0..{config.n_head - 1}")
@@ -245,8 +202,9 @@ def attention(args: argparse.Namespace) -> None:
         top = int(weights[t].argmax())
         print(f"  {chars[t]!r:>6} at {t:>2} looks most at {chars[top]!r} at {top} ({weights[t, top]:.2f})")
     if picture:
-        _save_heatmap(weights, chars, picture, f"attention weights, layer {args.layer} head {args.head}",
-                      "key position (attended to)", "query position")
+        plots.save_heatmap(weights, [show(c) for c in chars], picture,
+                           f"attention weights, layer {args.layer} head {args.head}", "key position (attended to)",
+                           "query position")
 
 
 def cost(args: argparse.Namespace) -> None:

@@ -17,11 +17,11 @@ from .nn import _keep_mask, _row_sum
 
 
 @functools.lru_cache(maxsize=64)  # every layer and step asks for the same few: 3% of a baby rank's step
-def _future(xp, Tq: int, Tk: int):
-    """(Tq, Tk) booleans, True where key j is in query i's future: j > i + Tk - Tq (Tk > Tq
-    when the earlier keys come from a cache, and the queries are the newest positions).
-    Shared between calls: read it, never write to it."""
-    return xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)
+def _future_mask(xp, Tq: int, Tk: int, dtype):
+    """(Tq, Tk): -inf where key j is in query i's future, j > i + Tk - Tq (Tk > Tq when the
+    earlier keys come from a cache, and the queries are the newest positions), 0 elsewhere.
+    Added to the scores, it is masked_fill in one pass. Shared between calls: never write to it."""
+    return xp.where(xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1), -xp.inf, 0).astype(dtype)
 
 
 QUERY_CHUNK = 64  # queries per chunk of causal attention on the CPU (see ScaledDotProductAttention)
@@ -70,11 +70,13 @@ class ScaledDotProductAttention(Function):
             ys.append(y)
             self.att.append(att)
             self.keep.append(keep)
-        return xp.concatenate(ys, axis=-2)  # (B, nh, Tq, hs)
+        return ys[0] if len(ys) == 1 else xp.concatenate(ys, axis=-2)  # (B, nh, Tq, hs)
 
     def backward(self, dy):
         xp = array_module(dy)
         q, k, v = self.q, self.k, self.v
+        if len(self.chunks) == 1:  # all the queries in one piece: its gradients are the whole ones
+            return _attention_backward(q, k, v, self.att[0], self.keep[0], dy, self.scale)
         dq_chunks, dk, dv = [], xp.zeros_like(k), xp.zeros_like(v)
         for (start, stop, keys), att, keep in zip(self.chunks, self.att, self.keep):
             dq_chunk, dk_part, dv_part = _attention_backward(q[..., start:stop, :], k[..., :keys, :], v[..., :keys, :],
@@ -110,12 +112,12 @@ def _attention_forward(q, k, v, scale, is_causal, dropout_p, rng):
     see: returns y (B, nh, Tq, hs), att and the dropout's keep (None without), (B, nh, Tq, Tk)."""
     xp = array_module(q)
     Tq, Tk = q.shape[-2], k.shape[-2]
-    scores = (q @ k.swapaxes(-1, -2)) * scale  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+    scores = (q * scale) @ k.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
     top = _overall_max_if_narrow(scores)  # taken before the mask, whose -inf would widen the range
     if is_causal:
-        scores = xp.where(_future(xp, Tq, Tk), -xp.inf, scores)  # exp(-inf) = 0: no weight on the future
-    shift = scores.max(axis=-1, keepdims=True) if top is None else top  # so that no exp overflows
-    att = xp.exp(scores - shift)  # (B, nh, Tq, Tk) softmax over the keys
+        scores += _future_mask(xp, Tq, Tk, scores.dtype)  # -inf on the future: exp(-inf) = 0, no weight there
+    scores -= scores.max(axis=-1, keepdims=True) if top is None else top  # so that no exp overflows
+    att = xp.exp(scores, out=scores)  # (B, nh, Tq, Tk) softmax over the keys, in the scores' memory
     att /= _row_sum(att)
     keep = _keep_mask(rng, att, dropout_p) if dropout_p > 0 else None  # (B, nh, Tq, Tk)
     y = (att if keep is None else att * keep) @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
@@ -164,5 +166,8 @@ class SelfAttention(ScaledDotProductAttention):
         return _merge_heads(super().forward(q, k, v, is_causal, dropout_p, rng))  # (B, T, C)
 
     def backward(self, dy):
-        dq, dk, dv = super().backward(_split_heads(dy, self.n_head))  # (B, nh, T, hs) each
-        return (array_module(dy).concatenate([_merge_heads(d) for d in (dq, dk, dv)], axis=-1),)  # (B, T, 3C)
+        B, T, C = dy.shape
+        dqkv = array_module(dy).empty((B, T, 3 * C), dtype=dy.dtype)
+        for i, d in enumerate(super().backward(_split_heads(dy, self.n_head))):  # dq, dk, dv (B, nh, T, hs)
+            _split_heads(dqkv[..., i * C : (i + 1) * C], self.n_head)[...] = d  # its third of dqkv
+        return (dqkv,)  # (B, T, 3C)
