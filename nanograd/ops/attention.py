@@ -130,7 +130,9 @@ def _attention_backward(q, k, v, att, keep, dy, scale):
     dv = attd.swapaxes(-1, -2) @ dy  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
     dattd = dy @ v.swapaxes(-1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
     datt = dattd if keep is None else dattd * keep  # forward: attd = att * keep
-    dscores = att * (datt - _row_sum(datt * att))  # (B, nh, Tq, Tk) forward: att = softmax(scores)
+    dscores = datt  # (B, nh, Tq, Tk) forward: att = softmax(scores), so (in datt's memory, used up here)
+    dscores -= _row_sum(datt * att)
+    dscores *= att  # dscores = att * (datt - sum_j(datt * att))
     dq = (dscores @ k) * scale  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
     dk = (dscores.swapaxes(-1, -2) @ q) * scale  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs) -> (B, nh, Tk, hs)
     return dq, dk, dv
