@@ -120,6 +120,14 @@ def test_a_second_backward_with_retain_graph_doubles_the_gradient(name, data):
         np.testing.assert_allclose(x.grad, 2 * g, rtol=1e-12, atol=1e-12, err_msg=f"input {i}")
 
 
+# Matmul's backward takes a batched product's rows together where one side is a matrix, and
+# reduces broadcast batch axes: every axis a size of its own, batches on one side or both.
+@pytest.mark.parametrize("a_shape, b_shape", [((2, 3, 4), (2, 4, 5)), ((2, 3, 4), (4, 5)), ((3, 1, 4, 5), (2, 5, 6))],
+                         ids=["batched@batched", "batched@matrix", "broadcast-batches"])
+def test_matmul_gradient_with_every_axis_of_its_own_size(a_shape, b_shape):
+    assert gradcheck(lambda a, b: a @ b, leaf(a_shape, seed=1), leaf(b_shape, seed=2), **TOLERANCE)
+
+
 # Attention's backward swaps axes (keys with queries, heads with time): with the small sizes that
 # hypothesis draws, two of B, nh, T, hs are often equal or 1, where a swap of the wrong pair
 # goes unseen. Here every axis has a size of its own, and the keys outnumber the queries (a cache).
