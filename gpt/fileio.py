@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -74,11 +75,21 @@ def claim_directory(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            raise UserError(f"another run (pid {holder}) is training in {directory}: wait for it to finish, "
-                            "or choose another --out-dir") from None
+            raise UserError(f"another run (pid {_lock_holder(fd)}) is training in {directory}: wait for it to "
+                            "finish, or choose another --out-dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)  # (closing it drops the lock)
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid that the lock's holder wrote into the lock file. It writes it just after taking
+    the lock, so an empty file may only mean that it has not yet: wait a moment for it."""
+    for _ in range(100):
+        pid = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if pid:
+            return pid
+        time.sleep(0.01)
+    return "unknown"

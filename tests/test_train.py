@@ -647,6 +647,28 @@ def test_a_run_in_progress_holds_its_out_dir_and_a_dead_ones_lock_file_does_not(
     assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
 
 
+def test_a_refused_run_names_a_holder_that_has_locked_but_not_yet_written_its_pid(tmp_path):
+    """The holder writes its pid just after taking the lock: a run refused in between waits for
+    it (two runs started at once met this window)."""
+    import fcntl
+    import threading
+
+    from gpt.fileio import LOCK_NAME, claim_directory
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # locked, the file still empty
+    late = threading.Timer(0.2, lambda: os.write(lock, b"4242\n"))
+    late.start()
+    try:
+        with pytest.raises(UserError, match=r"another run \(pid 4242\)"), claim_directory(out):
+            pass
+    finally:
+        late.join()
+        os.close(lock)
+
+
 def test_a_refused_run_leaves_no_out_dir_behind(tmp_path, capsys):
     out = tmp_path / "never"
     assert run_train("--data", tmp_path / "missing.txt", "--out-dir", out, *TINY) == 2
