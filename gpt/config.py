@@ -54,7 +54,7 @@ class TrainConfig:
     tie_weights: bool = field(default=True, metadata={"help": "share token embedding and output head"})
     reference: bool = field(default=False, metadata={
         "help": "the lecture's attention, LayerNorm, GELU and bigram loss, written from Tensor ops, instead of "
-                "the fused ops: slower, the same numbers (gpt/model.py, gpt/bigram.py)"})
+                "the fused ops: slower, the same numbers (dropout draws other masks; gpt/model.py, gpt/bigram.py)"})
     # data
     data: str | None = field(default=None, metadata={"help": "UTF-8 text file (default: tiny shakespeare)"})
     tokenizer: str = field(default="char", metadata={"help": TOKENIZER_HELP})

@@ -39,8 +39,8 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms
     tie_weights: bool = True  # lm_head reuses the token embedding (as GPT-2)
     # True: attention, LayerNorm and GELU each run as one fused op with a hand-written backward
-    # (nanograd/ops/). False: as the lecture writes them, from Tensor ops (the reference:
-    # slower, the same numbers; tests/test_gpt.py checks that the two agree).
+    # (nanograd/ops/). False: as the lecture writes them, from Tensor ops (the reference: slower,
+    # the same numbers, though dropout draws other masks; tests/test_gpt.py checks the two agree).
     fused: bool = True
 
     def __post_init__(self) -> None:
