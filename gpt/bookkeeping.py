@@ -208,9 +208,7 @@ class Bookkeeper:
         return UserError(f"{what}; {kept} (try a lower --lr)")
 
     def finish(self) -> None:
-        """The loss curve and a last note, on rank 0."""
-        if self.bar is not None:
-            self.bar.close()
+        """The loss curve and a last note, on rank 0 (after the with-block, which closed the bar)."""
         if self.world.rank != 0:
             return
         elapsed = time.perf_counter() - self.started

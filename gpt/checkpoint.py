@@ -165,9 +165,9 @@ class SavedRun(NamedTuple):
 
 
 def load_run(path: Path, device: str = "cpu", resuming: bool = False) -> SavedRun:
-    """The run saved in a checkpoint, its model on `device`. A damaged
-    one's error says what can be done instead: use the run's other checkpoint where that one is
-    intact, or (resuming) start over."""
+    """The run saved in a checkpoint, its model on `device`. A damaged one's error says what
+    can be done instead: use the run's other checkpoint where that one is intact, or (resuming)
+    start over."""
     try:
         return _load_run(path, device)
     except DamagedCheckpoint as exc:
