@@ -1,5 +1,5 @@
 """Byte-level BPE: training time, encoding speed and characters per token of gpt.bpe, beside
-HuggingFace `tokenizers` and SentencePiece where installed, and the plain recount trainer.
+HuggingFace `tokenizers` and SentencePiece where installed, and the naive recount trainer.
 
     python benchmarks/tokenizer_speed.py                        # vocab 4096 on tiny shakespeare
     python benchmarks/tokenizer_speed.py --rounds 5 --json
@@ -7,8 +7,8 @@ HuggingFace `tokenizers` and SentencePiece where installed, and the plain recoun
 
 The corpus is split as gpt.data.CharDataset splits it: the first 90% of the characters train,
 the rest is the validation text. Checked before timing: our tokenizer round-trips the train
-split, and our incremental trainer makes the same first --naive-merges merges as the plain one
-(tests/bpe_reference.py), which recounts every pair of every chunk at each merge.
+split, and our incremental trainer makes the same first --naive-merges merges as the naive one
+(gpt.bpe.naive_merges), which recounts every pair of every chunk at each merge.
 
 Each round trains and encodes with every implementation in turn, so a change in the speed of
 the (shared) machine hits all alike; the median round is reported with the range. The
@@ -22,7 +22,7 @@ libraries run as shipped, with their own threads; ours is one Python thread.
                  in its text: each counts as one token here), splits only at spaces (no pre-split
                  of punctuation), starts from characters (with byte fallback, 256 byte pieces and
                  3 special tokens inside the vocabulary) and normalises nothing here (identity)
-  naive          the recount trainer, timed for its first --naive-merges merges only (it would
+  naive          the naive recount trainer, timed for its first --naive-merges merges only (it would
                  take minutes to reach 4096); its full time is extrapolated from the time per
                  merge, an estimate, since each recount shrinks a little as chunks merge
 """
@@ -41,10 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))  # the plain reference trainer lives with the tests
-from bpe_reference import chunk_counts, naive_merges  # noqa: E402
-
-from gpt.bpe import BPETokenizer, train_merges  # noqa: E402
+from gpt.bpe import BPETokenizer, chunk_counts, naive_merges, split_chunks, train_merges  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
 
 VAL_FRACTION = 0.1  # gpt.data.CharDataset's default split
@@ -144,13 +141,13 @@ def usable(name: str, impl: Implementation, train_text: str) -> bool:
 
 def check_before_timing(train_text: str, vocab_size: int, n_naive: int) -> BPETokenizer:
     """Our tokenizer, after checking that it round-trips the train split and that the first
-    n_naive merges are the plain trainer's (a fast wrong result is no result)."""
+    n_naive merges are the naive trainer's (a fast wrong result is no result)."""
     tok = BPETokenizer.train(train_text, vocab_size)
     if tok.decode(tok.encode(train_text)) != train_text:
         raise RuntimeError("check failed: decode(encode(train split)) is not the train split")
-    counts = chunk_counts(train_text)
-    if n_naive and naive_merges(counts, n_naive) != train_merges(counts, n_naive):
-        raise RuntimeError(f"check failed: the first {n_naive} merges differ from the plain trainer's")
+    counts = chunk_counts(split_chunks(train_text))
+    if n_naive and naive_merges(counts, n_naive) != list(train_merges(counts, n_naive)):
+        raise RuntimeError(f"check failed: the first {n_naive} merges differ from the naive trainer's")
     return tok
 
 
@@ -158,7 +155,7 @@ def parse_flags(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary, 256 bytes included")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="the corpus, a UTF-8 text file")
-    p.add_argument("--naive-merges", type=int, default=50, help="merges to time the plain trainer over (0: skip it)")
+    p.add_argument("--naive-merges", type=int, default=50, help="merges to time the naive trainer over (0: skip it)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of every implementation, in turns")
     p.add_argument("--json", action="store_true", help="one JSON object")
     args = p.parse_args(argv)
@@ -187,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     train_s: dict[str, list[float]] = {name: [] for name in impls}
     encode_s: dict[str, list[float]] = {name: [] for name in impls}
     trained: dict[str, object] = {}
-    counts = chunk_counts(train_text)
+    counts = chunk_counts(split_chunks(train_text))
     naive_s: list[float] = []
     incremental_s: list[float] = []
     for _ in range(args.rounds):
@@ -197,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             encode_s[name].append(timed(lambda impl=impl, name=name: impl.count_tokens(trained[name], train_text))[0])
         if args.naive_merges:
             naive_s.append(timed(lambda: naive_merges(counts, args.naive_merges))[0])
-            incremental_s.append(timed(lambda: train_merges(counts, args.naive_merges))[0])
+            incremental_s.append(timed(lambda: list(train_merges(counts, args.naive_merges)))[0])
 
     results = {}
     for name, impl in impls.items():

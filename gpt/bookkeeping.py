@@ -24,7 +24,7 @@ from .checkpoint import SavedRun, checkpoint_path, load_checkpoint, rng_from_jso
 from .config import TrainConfig
 from .errors import Interrupted, UserError, every_rank
 from .fileio import atomic_write
-from .prepare import Tokenizer
+from .tokenizer import Tokenizer
 
 SPLITS = ("train", "val")
 

@@ -9,22 +9,26 @@ replays the merges in that order (rank), and decoding concatenates each token's 
 
 Before counting pairs, the text is cut into chunks (words with their leading space, numbers,
 runs of punctuation, whitespace) as GPT-2 does, and no merge crosses a chunk boundary.
+
+Two trainers learn the same merges: naive_merges, the algorithm as just stated, and
+train_merges, which gets there incrementally, fast enough for a real corpus (tests/test_bpe.py
+holds them equal).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from heapq import heapify, heappop, heappush
-from itertools import chain, repeat
+from math import inf
 
 import numpy as np
 
 from .errors import UserError
-from .tokenizer import description_field, smallest_uint
+from .token_ids import check_ids, smallest_uint
 
 N_BYTES = 256  # the base alphabet: ids 0..255 are the byte values
 # Ids are stored in the smallest unsigned dtype that holds the vocabulary, uint32 at most: a
@@ -55,7 +59,7 @@ def split_chunks(text: str) -> list[str]:
     return CHUNK_PATTERN.findall(text)
 
 
-def _check_vocab_size(vocab_size: int) -> None:
+def check_vocab_size(vocab_size: int) -> None:
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer):
         raise UserError(f"BPE vocab_size must be an integer, got {vocab_size!r}")
     if vocab_size < N_BYTES:
@@ -65,13 +69,19 @@ def _check_vocab_size(vocab_size: int) -> None:
                         f"got {vocab_size}")
 
 
-def _merge_pair(ids: list[int], a: int, b: int, new: int) -> list[int]:
-    """ids with every occurrence of the pair (a, b) replaced by `new`, taken left to right
-    without overlap (a run "a a a" for the pair (a, a) becomes "new a")."""
+def chunk_counts(chunks: Iterable[str]) -> dict[bytes, int]:
+    """How often each distinct chunk occurs, as the UTF-8 bytes the trainers take. (Counting
+    the strs first is done in C; distinct strs have distinct bytes, so no two entries merge.)"""
+    return {chunk.encode("utf-8", ENCODING_ERRORS): n for chunk, n in Counter(chunks).items()}
+
+
+def merge(ids: list[int], pair: tuple[int, int], new: int) -> list[int]:
+    """ids with every occurrence of pair replaced by the id `new`, taken left to right without
+    overlap (a run "a a a" for the pair (a, a) becomes "new a")."""
     out = []
-    i, n = 0, len(ids)
-    while i < n:
-        if ids[i] == a and i + 1 < n and ids[i + 1] == b:
+    i = 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
             out.append(new)
             i += 2
         else:
@@ -80,86 +90,96 @@ def _merge_pair(ids: list[int], a: int, b: int, new: int) -> list[int]:
     return out
 
 
-def chunk_counts(chunks: Iterable[str]) -> dict[bytes, int]:
-    """How often each distinct chunk occurs, as the UTF-8 bytes train_merges takes. (Counting
-    the strs first is done in C; distinct strs have distinct bytes, so no two entries merge.)"""
-    return {chunk.encode("utf-8", ENCODING_ERRORS): n for chunk, n in Counter(chunks).items()}
+# ---- the algorithm: count every pair, merge the most frequent, repeat ------------------------
+def pair_counts(words: list[list[int]], freqs: list[int]) -> Counter[tuple[int, int]]:
+    """How often each adjacent pair occurs in the chunks (words, as ids), each chunk counted as
+    often as it occurs in the text (freqs)."""
+    counts: Counter[tuple[int, int]] = Counter()
+    for word, freq in zip(words, freqs):
+        for pair in zip(word, word[1:]):
+            counts[pair] += freq
+    return counts
 
 
-def train_merges(chunk_counts: dict[bytes, int], n_merges: int) -> list[tuple[int, int]]:
+def naive_merges(chunk_counts: dict[bytes, int], n_merges: int) -> list[tuple[int, int]]:
     """Up to n_merges merges learned from chunks (as bytes) and their frequencies.
 
-    Each step merges the pair with the highest count (occurrences weighted by the frequency
-    of their chunk); ties go to the smallest pair (a, b), so training is deterministic. A
-    pair that occurs once is still merged. Fewer merges come back when every chunk has become
-    a single token.
-
-    Incremental: the pair counts are made once; each merge then visits only the chunks that
-    hold its pair (an index from pair to chunks) and applies to the counts the difference
-    between the chunk's pairs before and after, which is exact even for overlapping runs
-    such as "aaaa". The best pair comes from a max-heap of (-count, pair) whose entries go
-    stale as counts change: a count that grows is pushed anew, and a popped entry whose count
-    has since shrunk is pushed back with its current count.
+    Each step counts every pair of every chunk and merges the pair with the highest count;
+    ties go to the smallest pair (a, b), so training is deterministic. A pair that occurs once
+    is still merged. Fewer merges come back when every chunk has become a single token.
+    Obviously right, and far too slow for a real corpus (minutes for tiny shakespeare).
     """
     words = [list(chunk) for chunk in chunk_counts]
     freqs = list(chunk_counts.values())
-    counts: dict[tuple[int, int], int] = {}
-    where: dict[tuple[int, int], set[int]] = {}  # pair -> chunks that hold it (or held it once)
-    for w, (word, freq) in enumerate(zip(words, freqs)):
-        for pair in zip(word, word[1:]):
-            counts[pair] = counts.get(pair, 0) + freq
-            _note_chunk(where, pair, w)
-    heap = [(-count, pair) for pair, count in counts.items()]
-    heapify(heap)
-
     merges: list[tuple[int, int]] = []
-    counts_get = counts.get  # looked up once: it runs for every changed pair of every merge
-    while len(merges) < n_merges and heap:
-        negative, pair = heappop(heap)
-        count = counts_get(pair, 0)
-        if count != -negative:  # stale entry
-            if 0 < count < -negative:  # the count shrank since it was pushed: push it back
-                heappush(heap, (-count, pair))
-            continue  # (a count that grew has a newer entry further up the heap)
-        delta = _merge_everywhere(pair, N_BYTES + len(merges), words, freqs, where)
-        merges.append(pair)
-        for changed, d in delta.items():
-            if d:
-                count = counts_get(changed, 0) + d
-                counts[changed] = count
-                if d > 0:
-                    heappush(heap, (-count, changed))
+    while len(merges) < n_merges:
+        counts = pair_counts(words, freqs)
+        if not counts:
+            break
+        best = min(counts, key=lambda pair: (-counts[pair], pair))  # the most frequent, then the smallest
+        words = [merge(word, best, N_BYTES + len(merges)) for word in words]
+        merges.append(best)
     return merges
 
 
-def _note_chunk(where: dict[tuple[int, int], set[int]], pair: tuple[int, int], w: int) -> None:
-    if pair in where:
-        where[pair].add(w)
-    else:
-        where[pair] = {w}
+# ---- the same merges, incrementally ---------------------------------------------------------
+def train_merges(chunk_counts: dict[bytes, int], n_merges: int) -> Iterator[tuple[int, int]]:
+    """naive_merges(chunk_counts, n_merges), one merge at a time as each is learned.
+
+    The idea: a merge changes only the chunks that hold its pair, and only the counts of the
+    pairs in those chunks. So the pairs are counted once, beside an index from each pair to
+    the chunks that hold it; each merge then rewrites just those chunks, taking their pairs
+    off the counts before and adding them back after (exact even for runs such as "aaaa").
+    The most frequent pair comes from a heap of (-count, pair), whose entries go stale as
+    counts change: only pairs with the new token can grow, and they are pushed anew; an
+    entry popped whose count has shrunk since is pushed back with its count (_most_frequent).
+    """
+    words = [list(chunk) for chunk in chunk_counts]
+    freqs = list(chunk_counts.values())
+    counts: defaultdict[tuple[int, int], int] = defaultdict(int)
+    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> the chunks that hold it (or once did)
+    for w, word in enumerate(words):
+        for pair in zip(word, word[1:]):
+            counts[pair] += freqs[w]
+            where[pair].add(w)
+    heap = [(-count, pair) for pair, count in counts.items()]
+    heapify(heap)
+    for new in range(N_BYTES, N_BYTES + n_merges):
+        pair = _most_frequent(heap, counts)
+        if pair is None:  # every chunk is one token
+            return
+        grown = set()
+        for w in where.pop(pair):
+            word, freq = words[w], freqs[w]
+            merged = merge(word, pair, new)
+            if len(merged) == len(word):  # an earlier merge took the pair from this chunk
+                continue
+            for old in zip(word, word[1:]):
+                counts[old] -= freq
+            for fresh in zip(merged, merged[1:]):
+                counts[fresh] += freq
+                if new in fresh:
+                    where[fresh].add(w)
+                    grown.add(fresh)
+            words[w] = merged
+        for fresh in grown:
+            heappush(heap, (-counts[fresh], fresh))
+        yield pair
 
 
-def _merge_everywhere(pair: tuple[int, int], new: int, words: list[list[int]], freqs: list[int],
-                      where: dict[tuple[int, int], set[int]]) -> dict[tuple[int, int], int]:
-    """Replace pair by the token `new` in every chunk that holds it (words[w] in place, and
-    the chunks of the new pairs noted in `where`). Returns how each pair's count changes."""
-    a, b = pair
-    delta: dict[tuple[int, int], int] = {}
-    delta_get = delta.get
-    for w in where.pop(pair):
-        word = words[w]
-        merged = _merge_pair(word, a, b, new)
-        if len(merged) == len(word):  # the pair left this chunk in an earlier merge
-            continue
-        freq = freqs[w]
-        for old in zip(word, word[1:]):
-            delta[old] = delta_get(old, 0) - freq
-        for fresh in zip(merged, merged[1:]):
-            delta[fresh] = delta_get(fresh, 0) + freq
-            if new in fresh:  # the only pairs this chunk did not hold before
-                _note_chunk(where, fresh, w)
-        words[w] = merged
-    return delta
+def _most_frequent(heap: list[tuple[int, tuple[int, int]]], counts: dict[tuple[int, int], int]
+                   ) -> tuple[int, int] | None:
+    """The pair with the highest count, the smallest of equal ones, popped from the heap; None
+    when no pair is left. An entry whose count has grown since it was pushed has a newer
+    entry higher up the heap; one whose count has shrunk is pushed back with its count."""
+    while heap:
+        negative, pair = heappop(heap)
+        count = counts[pair]
+        if count == -negative:
+            return pair
+        if 0 < count < -negative:
+            heappush(heap, (-count, pair))
+    return None
 
 
 class BPETokenizer:
@@ -169,20 +189,25 @@ class BPETokenizer:
     """
 
     def __init__(self, merges: Iterable[tuple[int, int]]):
-        self.merges: list[tuple[int, int]] = [(int(a), int(b)) for a, b in merges]
+        self.merges: list[tuple[int, int]] = []
         self.vocab: list[bytes] = [bytes([i]) for i in range(N_BYTES)]
-        self._ranks: dict[tuple[int, int], int] = {}
-        for rank, (a, b) in enumerate(self.merges):
+        self._merged: dict[tuple[int, int], int] = {}  # pair -> the id it was merged into
+        for rank, pair in enumerate(merges):
+            if (not isinstance(pair, list | tuple) or len(pair) != 2
+                    or any(isinstance(x, bool) or not isinstance(x, int | np.integer) for x in pair)):
+                raise UserError(f"BPE merge {rank} must be a pair of ids [a, b], got {pair!r}")
+            a, b = int(pair[0]), int(pair[1])
             new = N_BYTES + rank
             for x in (a, b):
                 if not 0 <= x < new:
                     raise UserError(f"BPE merge {rank} ({a}, {b}) uses id {x}, which does not exist "
                                     f"before it (ids 0..{new - 1})")
-            if (a, b) in self._ranks:
-                raise UserError(f"BPE merge {rank} ({a}, {b}) is a duplicate of merge {self._ranks[a, b]}")
-            self._ranks[a, b] = rank
+            if (a, b) in self._merged:
+                raise UserError(f"BPE merge {rank} ({a}, {b}) is a duplicate of merge {self._merged[a, b] - N_BYTES}")
+            self.merges.append((a, b))
+            self._merged[a, b] = new
             self.vocab.append(self.vocab[a] + self.vocab[b])
-        _check_vocab_size(self.vocab_size)
+        check_vocab_size(self.vocab_size)
         self.dtype = smallest_uint(self.vocab_size)
 
     @classmethod
@@ -193,7 +218,7 @@ class BPETokenizer:
         has fewer tokens than asked: train says nothing, and callers that care compare
         vocab_size with what they asked for.
         """
-        _check_vocab_size(vocab_size)
+        check_vocab_size(vocab_size)
         return cls(train_merges(chunk_counts(split_chunks(text)), vocab_size - N_BYTES))
 
     @property
@@ -204,26 +229,23 @@ class BPETokenizer:
         """The bytes token i stands for (a token may hold part of a character's UTF-8 bytes)."""
         return self.vocab[i]
 
-    def _encode_chunk(self, chunk: bytes) -> list[int]:
-        """The ids of one chunk: repeatedly merge the adjacent pair of lowest rank, all its
-        occurrences left to right, until no adjacent pair is a merge."""
-        ids = list(chunk)
-        ranks_get = self._ranks.get
-        no_merge = len(self.merges)
-        while len(ids) > 1:
-            rank = min(map(ranks_get, zip(ids, ids[1:]), repeat(no_merge)))
-            if rank == no_merge:
-                break
-            a, b = self.merges[rank]
-            ids = _merge_pair(ids, a, b, N_BYTES + rank)
-        return ids
-
     @cached_property
     def chars_per_token(self) -> np.ndarray:
         """(V,) the characters each token stands for, a character counted at its first byte
         (a UTF-8 byte that is not a continuation byte 0b10xxxxxx): a token may hold a piece of
         a character, but the counts of a text's tokens always add up to len(text)."""
         return np.array([sum((byte & 0xC0) != 0x80 for byte in token) for token in self.vocab], dtype=np.int64)
+
+    def _encode_chunk(self, chunk: bytes) -> list[int]:
+        """The ids of one chunk: merge the pair that was merged first in training, again and
+        again, until no adjacent pair is a merge."""
+        ids = list(chunk)
+        while len(ids) >= 2:
+            pair = min(zip(ids, ids[1:]), key=lambda p: self._merged.get(p, inf))
+            if pair not in self._merged:
+                break
+            ids = merge(ids, pair, self._merged[pair])
+        return ids
 
     def encode(self, text: str) -> np.ndarray:
         """ids (n,) of dtype self.dtype."""
@@ -238,29 +260,20 @@ class BPETokenizer:
         does, and a tokenizer kept for a long time (or fed a huge corpus piece by piece) does
         not grow with everything it has seen.
         """
-        cache = dict.fromkeys(chunks)
-        for chunk in cache:
-            cache[chunk] = self._encode_chunk(chunk.encode("utf-8", ENCODING_ERRORS))
-        ids = list(chain.from_iterable(map(cache.__getitem__, chunks)))
-        return np.array(ids, dtype=self.dtype)
-
-    def _check_ids(self, ids: Iterable[int] | np.ndarray) -> list[int]:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        outside = (ids < 0) | (ids >= self.vocab_size)
-        if outside.any():
-            raise UserError(f"token id {ids[outside][0]} is outside the vocabulary [0, {self.vocab_size})")
-        return ids.tolist()
+        cache = {chunk: self._encode_chunk(chunk.encode("utf-8", ENCODING_ERRORS)) for chunk in set(chunks)}
+        return np.array([i for chunk in chunks for i in cache[chunk]], dtype=self.dtype)
 
     def decode_bytes(self, ids: Iterable[int] | np.ndarray) -> bytes:
         """The bytes of a sequence of ids (a list, an array of any integer dtype, or one id)."""
-        return b"".join(map(self.vocab.__getitem__, self._check_ids(ids)))
+        return b"".join(self.vocab[i] for i in check_ids(ids, self.vocab_size).tolist())
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         """The text of a sequence of ids: exactly the text they were encoded from.
 
-        Ids that do not come from encode (a model's samples, a slice that cuts a character in
-        two) may not form valid UTF-8: those are decoded with errors="replace", each bad byte
-        sequence becoming U+FFFD (lone surrogates in such a text become U+FFFD as well).
+        Ids that do not come from encode (a slice that cuts a character in two, a model's
+        samples drawn without gpt.utf8's mask) may not form valid UTF-8: those are decoded with
+        errors="replace", each bad byte sequence becoming U+FFFD (lone surrogates in such a
+        text become U+FFFD as well).
         """
         data = self.decode_bytes(ids)
         try:
@@ -269,16 +282,6 @@ class BPETokenizer:
             return data.decode("utf-8", errors="replace")
 
     def to_json(self) -> str:
-        """The merges as JSON, stored in checkpoints so sampling uses the same ids."""
+        """The merges as JSON, stored in checkpoints so sampling uses the same ids (read back by
+        gpt.tokenizer.tokenizer_from_json)."""
         return json.dumps({"type": "bpe", "merges": [list(pair) for pair in self.merges]})
-
-    @classmethod
-    def from_json(cls, text: str) -> BPETokenizer:
-        """The tokenizer described by to_json's output."""
-        merges = description_field(text, "bpe", "merges", list, '{"type": "bpe", "merges": [[a, b], ...]}')
-        for rank, pair in enumerate(merges):
-            if (not isinstance(pair, list) or len(pair) != 2
-                    or any(isinstance(x, bool) or not isinstance(x, int) for x in pair)):
-                raise UserError(f"tokenizer description: BPE merge {rank} must be a pair of ids [a, b], "
-                                f"got {json.dumps(pair)}")
-        return cls(merges)

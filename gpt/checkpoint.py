@@ -25,7 +25,7 @@ from .config import TrainConfig, build_model, config_from
 from .errors import UserError
 from .fileio import atomic_write
 from .memory import check_memory, memory_lower_bound
-from .prepare import Tokenizer, tokenizer_from_json
+from .tokenizer import Tokenizer, tokenizer_from_json
 
 META_KEY = "__meta__"
 

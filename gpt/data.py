@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .chars import CharTokenizer
 from .errors import UserError
 from .fileio import atomic_write
-from .tokenizer import CharTokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

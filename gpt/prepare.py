@@ -36,24 +36,15 @@ from typing import Any
 import numpy as np
 
 from .bpe import N_BYTES, BPETokenizer, chunk_counts, split_chunks, train_merges
+from .chars import CharTokenizer, UnknownCharacters
 from .data import DEFAULT_CORPUS, TokenDataset, download_shakespeare
 from .errors import UserError, exit_status
 from .fileio import atomic_write
-from .tokenizer import CharTokenizer, UnknownCharacters
+from .tokenizer import Tokenizer, tokenizer_from_json
 
-Tokenizer = CharTokenizer | BPETokenizer
 READ_BYTES = 1 << 22  # 4 MiB of the file at a time: a piece's chunks and ids stay in the tens of MB
 CARRY_CHARS = 4  # see chunk_stream
 FORMAT = 1
-
-
-def tokenizer_from_json(text: str) -> Tokenizer:
-    """A character or BPE tokenizer from its to_json() description."""
-    try:
-        kind = json.loads(text).get("type")
-    except (json.JSONDecodeError, AttributeError):
-        kind = None
-    return BPETokenizer.from_json(text) if kind == "bpe" else CharTokenizer.from_json(text)
 
 
 def corpus_path(data: str | Path | None) -> Path:

@@ -1,109 +1,33 @@
-"""The character tokenizer: every distinct character of the corpus is one token.
-
-A tiny vocabulary (65 symbols for tiny shakespeare) means long sequences; sub-word
-tokenizers such as GPT-2's (50,257 tokens) trade a larger vocabulary for shorter sequences.
+"""A tokenizer turns text into token ids and back. Two are written here: the lecture's, one
+token per character (gpt/chars.py), and a byte-level byte-pair encoding (gpt/bpe.py). Both
+encode, decode, give each token's bytes, and describe themselves as JSON (to_json), which
+checkpoints and the tokenized-corpus cache store; this module reads such a description back.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
 
-import numpy as np
-
+from .bpe import BPETokenizer
+from .chars import CharTokenizer
 from .errors import UserError
 
-MAX_LISTED = 20  # unknown characters named in an error message, at most
+Tokenizer = CharTokenizer | BPETokenizer
+
+FORMS = '{"type": "char", "chars": "..."} or {"type": "bpe", "merges": [[a, b], ...]}'
 
 
-class UnknownCharacters(UserError):
-    """A text holds characters that the vocabulary lacks."""
-
-
-def smallest_uint(n: int) -> np.dtype:
-    """The smallest unsigned integer dtype that holds the ids 0 .. n-1 (1 byte per token for
-    a vocabulary of up to 256 characters, so a 1 MB corpus takes 1 MB as ids)."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if n - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.uint64)
-
-
-def _codepoints(text: str) -> np.ndarray:
-    """The Unicode code points of text as a uint32 array, without a Python loop (UTF-32 is
-    exactly one 4-byte unit per character)."""
-    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
-
-
-class CharTokenizer:
-    """encode: text -> ids (the positions of the characters in the sorted vocabulary);
-    decode: ids -> text."""
-
-    def __init__(self, chars: str | Iterable[str]):
-        self.chars: list[str] = sorted(set(chars))
-        if not self.chars or any(not isinstance(c, str) or len(c) != 1 for c in self.chars):
-            raise UserError("a tokenizer vocabulary must be a non-empty set of single characters")
-        self.dtype = smallest_uint(len(self.chars))
-        self._vocab_codepoints = _codepoints("".join(self.chars))  # sorted, as self.chars is
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        """The tokenizer whose vocabulary is every character that occurs in text."""
-        return cls(text)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    @property
-    def chars_per_token(self) -> np.ndarray:
-        """(V,) the characters each token stands for: one each."""
-        return np.ones(self.vocab_size, dtype=np.int64)
-
-    def token_bytes(self, i: int) -> bytes:
-        """The UTF-8 bytes of token i's character (as gpt.bpe's tokens are bytes)."""
-        return self.chars[i].encode("utf-8", errors="surrogatepass")
-
-    def encode(self, text: str) -> np.ndarray:
-        """ids (len(text),) of dtype self.dtype. Vectorised: text as an array of code points,
-        looked up in the sorted vocabulary with one binary search per character."""
-        codepoints = _codepoints(text)
-        ids = np.searchsorted(self._vocab_codepoints, codepoints)
-        found = ids < self.vocab_size
-        found[found] = self._vocab_codepoints[ids[found]] == codepoints[found]
-        if not found.all():
-            unknown = [chr(c) for c in np.unique(codepoints[~found])]
-            listed = ", ".join(repr(c) for c in unknown[:MAX_LISTED])
-            more = f" and {len(unknown) - MAX_LISTED} more" if len(unknown) > MAX_LISTED else ""
-            raise UnknownCharacters(f"characters not in the vocabulary: {listed}{more}")
-        return ids.astype(self.dtype)
-
-    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
-        """The text of a sequence of ids (a list, an array of any integer dtype, or one id)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        outside = (ids < 0) | (ids >= self.vocab_size)
-        if outside.any():
-            raise UserError(f"token id {ids[outside][0]} is outside the vocabulary [0, {self.vocab_size})")
-        return self._vocab_codepoints[ids].tobytes().decode("utf-32-le", errors="surrogatepass")
-
-    def to_json(self) -> str:
-        """The vocabulary as JSON, stored in checkpoints so sampling uses the same ids."""
-        return json.dumps({"type": "char", "chars": "".join(self.chars)})
-
-    @classmethod
-    def from_json(cls, text: str) -> CharTokenizer:
-        """The tokenizer described by to_json's output."""
-        return cls(description_field(text, "char", "chars", str, '{"type": "char", "chars": "..."}'))
-
-
-def description_field(text: str, kind: str, key: str, value_type: type, form: str) -> Any:
-    """The `key` field of a tokenizer's JSON description (to_json's output) of type `kind`; a
-    one-line UserError, showing the expected `form`, where text is not such a description."""
+def tokenizer_from_json(text: str) -> Tokenizer:
+    """The tokenizer that to_json described; a one-line UserError where text is no such
+    description (or describes a vocabulary that cannot be: see each tokenizer's checks)."""
     try:
-        obj = json.loads(text)
+        description = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"tokenizer description is not valid JSON ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("type") != kind or not isinstance(obj.get(key), value_type):
-        raise UserError(f"tokenizer description must be a JSON object {form}")
-    return obj[key]
+    if not isinstance(description, dict):
+        description = {}
+    if description.get("type") == "char" and isinstance(description.get("chars"), str):
+        return CharTokenizer(description["chars"])
+    if description.get("type") == "bpe" and isinstance(description.get("merges"), list):
+        return BPETokenizer(description["merges"])
+    raise UserError(f"tokenizer description must be a JSON object {FORMS}")

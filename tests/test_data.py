@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from gpt import data
+from gpt.chars import CharTokenizer
 from gpt.data import CharDataset, load_text
 from gpt.errors import UserError
-from gpt.tokenizer import CharTokenizer
 
 
 # ---- loading text ------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from gpt import prepare as prep
 from gpt import sample, sampling, train
 from gpt.bpe import BPETokenizer, split_chunks
+from gpt.chars import CharTokenizer
 from gpt.checkpoint import load_checkpoint
 from gpt.data import CharDataset
 from gpt.errors import UserError
-from gpt.tokenizer import CharTokenizer
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
         "--eval-iters", "2", "--sample-tokens", "0", "--quiet"]
