@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import UserError
 from .token_ids import check_ids, smallest_uint
+from .utf8 import Utf8Mask
 
 N_BYTES = 256  # the base alphabet: ids 0..255 are the byte values
 # Ids are stored in the smallest unsigned dtype that holds the vocabulary, uint32 at most: a
@@ -235,6 +236,11 @@ class BPETokenizer:
         (a UTF-8 byte that is not a continuation byte 0b10xxxxxx): a token may hold a piece of
         a character, but the counts of a text's tokens always add up to len(text)."""
         return np.array([sum((byte & 0xC0) != 0x80 for byte in token) for token in self.vocab], dtype=np.int64)
+
+    @cached_property
+    def utf8_mask(self) -> Utf8Mask:
+        """Which tokens may follow which, so that samples are always valid UTF-8 (gpt.utf8)."""
+        return Utf8Mask(self.vocab)
 
     def _encode_chunk(self, chunk: bytes) -> list[int]:
         """The ids of one chunk: merge the pair that was merged first in training, again and

@@ -31,6 +31,8 @@ class CharTokenizer:
     """encode: text -> ids (the positions of the characters in the sorted vocabulary);
     decode: ids -> text."""
 
+    utf8_mask = None  # every token is a whole character: any may follow any (see gpt.utf8)
+
     def __init__(self, chars: str | Iterable[str]):
         self.chars: list[str] = sorted(set(chars))
         if not self.chars or any(not isinstance(c, str) or len(c) != 1 for c in self.chars):

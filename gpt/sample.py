@@ -70,7 +70,8 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
     for i in range(args.num_samples):
         out.write(args.prompt)
         tokens = sampling.stream(model, np.asarray(prompt, dtype=np.int64)[None, :], args.max_new_tokens,
-                                 args.temperature, args.top_k, args.top_p, rng=rng, use_cache=not args.no_cache)
+                                 args.temperature, args.top_k, args.top_p, rng=rng, use_cache=not args.no_cache,
+                                 utf8_mask=tokenizer.utf8_mask)
         for piece in sampling.text_pieces(tokenizer, tokens, args.stop, args.prompt):
             out.write(piece)
             out.flush()  # stream: show each character as soon as it is drawn

@@ -3,6 +3,8 @@
 Sampling is a weighted die: softmax(logits / temperature) gives each token's probability,
 and one token is drawn. Top-k keeps only the k likeliest tokens; top-p (nucleus) keeps the
 smallest set whose probabilities add up to p. Both cut off the long tail of unlikely tokens.
+Before either, a byte-level tokenizer's mask takes out the tokens that would break the
+UTF-8 of the text so far (gpt.utf8).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from nanograd import no_grad
 
 from .errors import UserError
+from .utf8 import Utf8Mask
 
 
 class LanguageModel(Protocol):
@@ -43,16 +46,21 @@ def check_options(temperature: float = 1.0, top_k: int | None = None, top_p: flo
 
 
 def probabilities(
-    logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+    logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """The distribution to sample from: softmax(logits / temperature), cut by top-k and top-p.
 
     logits (B, V) -> probabilities (B, V), rows summing to 1. Temperature 0 is the limit of
     ever smaller temperatures: all the probability on the likeliest token (the first of equal
-    ones), so sampling becomes greedy decoding, the same text for every seed.
+    ones), so sampling becomes greedy decoding, the same text for every seed. allowed (B, V),
+    where given, says which tokens may be drawn at all (gpt.utf8): the others get logit -inf,
+    so probability 0 whatever the other options.
     """
     check_options(temperature, top_k, top_p)
     logits = logits.astype(np.float64)  # (B, V)
+    if allowed is not None:
+        logits[~allowed] = -np.inf
     if temperature == 0:
         greedy = np.zeros_like(logits)
         np.put_along_axis(greedy, logits.argmax(axis=-1)[:, None], 1.0, axis=-1)
@@ -104,8 +112,13 @@ def stream(
     top_p: float | None = None,
     rng: np.random.Generator | None = None,
     use_cache: bool = True,
+    utf8_mask: Utf8Mask | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield max_new_tokens new tokens (B,) one at a time, continuing idx (B, t)."""
+    """Yield max_new_tokens new tokens (B,) one at a time, continuing idx (B, t).
+
+    utf8_mask: a byte-level tokenizer's (its .utf8_mask), so that only tokens that keep the
+    bytes valid UTF-8 are drawn, and the last ones finish the last character; None draws
+    from every token (a character tokenizer's tokens are whole characters)."""
     rng = rng if rng is not None else np.random.default_rng()
     idx = np.asarray(idx)
     if idx.dtype.kind not in "iu":
@@ -116,12 +129,18 @@ def stream(
     idx = idx.astype(np.int64, copy=False)  # (a copy only for other integer types)
     if idx.min() < 0 or idx.max() >= model.vocab_size:  # (NumPy would wrap a negative id round)
         raise ValueError(f"idx must hold token ids in [0, {model.vocab_size}), got {idx.min()} to {idx.max()}")
+    if utf8_mask is not None and utf8_mask.vocab_size != model.vocab_size:
+        raise ValueError(f"the UTF-8 mask is for {utf8_mask.vocab_size} tokens, the model has {model.vocab_size}")
     cache = model.new_cache() if use_cache else None
-    for _ in range(max_new_tokens):
+    states = utf8_mask.start(idx) if utf8_mask is not None else None  # (B,) where the prompts end
+    for step in range(max_new_tokens):
         with no_grad():  # (inside the loop: a generator's body runs outside any decorator)
             logits = model.next_logits(idx, cache)  # (B, V)
-        probs = probabilities(np.asarray(logits.numpy()), temperature, top_k, top_p)
+        allowed = utf8_mask.allowed(states, max_new_tokens - 1 - step) if utf8_mask is not None else None
+        probs = probabilities(np.asarray(logits.numpy()), temperature, top_k, top_p, allowed)
         nxt = sample(probs, rng)  # (B,)
+        if utf8_mask is not None:
+            states = utf8_mask.advance(states, nxt)
         idx = np.concatenate([idx, nxt[:, None]], axis=1)  # (B, t + 1)
         yield nxt
 
@@ -139,8 +158,9 @@ def text_pieces(tokenizer: Any, tokens: Iterable[np.ndarray], stop: str | None =
     `stop` that they complete.
 
     A BPE token may end inside a character's UTF-8 bytes: those bytes wait for the rest of
-    the character, and bytes that never form one come out as U+FFFD. A token may also hold
-    several characters, so `stop` is looked for across the tokens, not at their ends."""
+    the character (stream's UTF-8 mask sees that it comes; bytes from elsewhere that never
+    form one come out as U+FFFD). A token may also hold several characters, so `stop` is
+    looked for across the tokens, not at their ends."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     keep = len(stop) - 1 if stop else 0  # the end of the text so far that a stop can span
     recent = prompt[max(0, len(prompt) - keep):]

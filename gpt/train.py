@@ -174,7 +174,8 @@ def print_sample(model: nn.Module, tokenizer: Any, config: TrainConfig) -> None:
     character print as U+FFFD)."""
     prompt = sampling.default_prompt(tokenizer)
     ids = sampling.generate(model, tokenizer.encode(prompt).astype(np.int64)[None, :], config.sample_tokens,
-                            rng=np.random.default_rng(config.seed))  # (1, len(prompt ids) + sample_tokens)
+                            rng=np.random.default_rng(config.seed),
+                            utf8_mask=tokenizer.utf8_mask)  # (1, len(prompt ids) + sample_tokens)
     new = ids[0, -config.sample_tokens:, None]  # (sample_tokens, 1), as sampling.stream yields them
     print(prompt + "".join(sampling.text_pieces(tokenizer, new)))
 

@@ -190,6 +190,26 @@ def test_training_on_bpe_reports_bits_per_character_and_resumes_to_the_same_weig
     assert capsys.readouterr().out.startswith("Romeo")
 
 
+def test_a_briefly_trained_bpe_model_samples_text_without_replacement_characters(corpus, tmp_path, capsys):
+    """Trained 30 steps on a text of accents, dashes and euro signs (multi-byte characters),
+    the model still gives some probability to every byte; its samples, by gpt.train at the
+    end and by gpt.sample at temperatures 0.8 and 1.5, with and without the KV cache, over
+    several seeds, hold no U+FFFD (bytes that are no character)."""
+    out = tmp_path / "run"
+    args = ["--data", corpus, "--out-dir", out, "--tokenizer", "bpe", "--vocab-size", "300", "--max-iters", "30", *TINY]
+    args[args.index("--sample-tokens") + 1] = "300"
+    assert train.main([str(a) for a in args]) == 0
+    printed = [capsys.readouterr().out]
+    for seed in range(2):
+        for temperature in ("0.8", "1.5"):
+            for cache in ([], ["--no-cache"]):
+                assert sample.main(["--out-dir", str(out), "--seed", str(seed), "--temperature", temperature,
+                                    "--max-new-tokens", "50", "--num-samples", "4", *cache]) == 0
+                printed.append(capsys.readouterr().out)
+    assert all(text.count("---------------") == 3 for text in printed[1:])
+    assert not [text for text in printed if "\ufffd" in text]
+
+
 def test_char_bits_per_character_are_the_loss_in_bits(corpus, tmp_path):
     out = tmp_path / "run"
     assert train.main([str(a) for a in ["--data", corpus, "--out-dir", out, "--max-iters", "2", *TINY]]) == 0

@@ -1,12 +1,16 @@
-"""Turning logits into tokens: temperature, top-k, top-p and the inverse-CDF draw."""
+"""Turning logits into tokens: temperature, top-k, top-p and the inverse-CDF draw; a
+byte-level model's samples, always valid UTF-8."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import nanograd
+from gpt.bpe import BPETokenizer
+from gpt.model import GPT, GPTConfig
 from gpt.sample import main as sampler_main
-from gpt.sampling import probabilities, sample
+from gpt.sampling import generate, probabilities, sample
 
 LOGITS = np.array([[2.0, 1.0, 0.5, -1.0], [0.0, 0.0, 3.0, 0.0]])
 
@@ -102,3 +106,69 @@ def test_sample_never_picks_a_token_of_probability_zero_at_the_edges_of_the_draw
     assert probs[0, 0] == probs[0, 3] == 0
     lowest, highest = 0.0, np.nextafter(1.0, 0.0)  # the ends of [0, 1)
     assert list(sample(np.repeat(probs, 2, axis=0), _Draws(lowest, highest))) == [1, 2]  # not 0, not 3
+
+
+# ---- a byte-level model's samples are always UTF-8 (gpt.utf8) -------------------------------
+@pytest.fixture(scope="module")
+def bytes_bpe() -> BPETokenizer:
+    """A BPE whose merges hold pieces of 2-, 3- and 4-byte characters as well as whole ones."""
+    return BPETokenizer.train("le café de Noël 😀 日本語 €uro naïve " * 10, 320)
+
+
+def untrained_gpt(vocab_size: int) -> GPT:
+    """Random weights: every byte about as likely anywhere, which is where invalid UTF-8 is
+    likeliest. A block of 8 tokens, so that the KV cache's window restarts within a sample."""
+    nanograd.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=16))
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_an_untrained_bpe_model_samples_valid_utf8(bytes_bpe, use_cache):
+    """8 samples of 40 tokens for each of 5 seeds, at temperatures 0.8 to 1.5, plain and cut by
+    top-k and top-p: all of them UTF-8 to the end. Without the mask the same model's samples
+    are not (so this is a model that does put bytes anywhere)."""
+    model = untrained_gpt(bytes_bpe.vocab_size)
+    prompt = np.tile(bytes_bpe.encode("Noël"), (8, 1))  # (8, t)
+    unmasked = []
+    for seed in range(5):
+        for temperature, cuts in [(0.8, {}), (1.0, {"top_k": 50}), (1.2, {"top_p": 0.9}), (1.5, {})]:
+            options = dict(temperature=temperature, rng=np.random.default_rng(seed), use_cache=use_cache, **cuts)
+            ids = generate(model, prompt, 40, utf8_mask=bytes_bpe.utf8_mask, **options)
+            assert all(is_utf8(bytes_bpe.decode_bytes(row)) for row in ids), (seed, temperature, cuts)
+            options["rng"] = np.random.default_rng(seed)
+            unmasked += [is_utf8(bytes_bpe.decode_bytes(row)) for row in generate(model, prompt, 40, **options)]
+    assert not any(unmasked)
+
+
+def test_an_unfinished_character_in_the_prompt_is_finished_first(bytes_bpe):
+    model = untrained_gpt(bytes_bpe.vocab_size)
+    euro = list("€".encode())  # three byte tokens
+    for cut in (1, 2):
+        prompt = np.array([[ord("a"), *euro[:cut]]] * 16)
+        ids = generate(model, prompt, 3, rng=np.random.default_rng(cut), utf8_mask=bytes_bpe.utf8_mask)
+        assert all(is_utf8(bytes_bpe.decode_bytes(row)) for row in ids)
+    last = generate(model, np.array([[ord("a"), *euro[:2]]]), 1, temperature=0.0, utf8_mask=bytes_bpe.utf8_mask)
+    assert len(bytes_bpe.decode(last[0])) == 2  # a third byte, no more: the one token left finishes the character
+
+
+def test_tokens_that_are_not_allowed_get_probability_zero_whatever_the_options():
+    allowed = np.array([[False, True, True, False], [True, False, False, False]])
+    for options in [{}, {"temperature": 0.0}, {"temperature": 1e-300}, {"top_k": 1}, {"top_p": 0.5},
+                    {"temperature": 5.0, "top_k": 3, "top_p": 0.99}]:
+        probs = probabilities(LOGITS, allowed=allowed, **options)
+        assert (probs[~allowed] == 0).all() and np.allclose(probs.sum(axis=1), 1), options
+    np.testing.assert_array_equal(probabilities(LOGITS, 0.0, allowed=allowed), [[0, 1, 0, 0], [1, 0, 0, 0]])
+
+
+def test_a_mask_for_another_vocabulary_is_refused(bytes_bpe):
+    with pytest.raises(ValueError, match=f"the UTF-8 mask is for {bytes_bpe.vocab_size} tokens, the model has 300"):
+        generate(untrained_gpt(300), np.array([[1]]), 2, utf8_mask=bytes_bpe.utf8_mask)
+
