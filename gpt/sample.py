@@ -1,6 +1,7 @@
 """Sample text from a trained checkpoint:  python -m gpt.sample --out-dir out [--prompt TEXT]
 
-The prompt is printed first, then each new character as soon as it is drawn.
+The prompt is printed first, then the text of each new token as soon as it is drawn. A
+byte-level BPE model draws only tokens that keep the text valid UTF-8 (gpt.utf8).
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens to generate (characters with --tokenizer char)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="<1 sharper, >1 more random, 0 always the likeliest token (greedy)")
-    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest characters")
-    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with probability p")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample only from the smallest set of likeliest tokens whose probabilities add up to p")
     p.add_argument("--stop", default=None, help="end a sample when this text appears")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples")
     p.add_argument("--seed", type=int, default=1337, help="the same seed gives the same text")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
     p.add_argument("--no-cache", action="store_true",
-                   help="recompute the last block_size characters for each token: slower, and once the "
+                   help="recompute the last block_size tokens for each new one: slower, and once the "
                    "text outgrows the block, different text for the same seed (docs/05-transformer.md)")
     return p
 
@@ -64,7 +66,7 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
     if len(prompt) == 0:
         raise UserError("--prompt must not be empty")
     if len(prompt) > config.block_size and config.model == "gpt":
-        print(f"note: the prompt has {len(prompt)} characters; the model sees the last "
+        print(f"note: the prompt has {len(prompt)} tokens; the model sees the last "
               f"{config.block_size} (its block size)", file=sys.stderr)
     rng = np.random.default_rng(args.seed)
     for i in range(args.num_samples):
@@ -74,7 +76,7 @@ def write_samples(args: argparse.Namespace, out: TextIO) -> None:
                                  utf8_mask=tokenizer.utf8_mask)
         for piece in sampling.text_pieces(tokenizer, tokens, args.stop, args.prompt):
             out.write(piece)
-            out.flush()  # stream: show each character as soon as it is drawn
+            out.flush()  # stream: show each token's text as soon as it is drawn
         out.write("\n" if i == args.num_samples - 1 else "\n---------------\n")
 
 

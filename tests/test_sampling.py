@@ -9,6 +9,7 @@ import pytest
 import nanograd
 from gpt.bpe import BPETokenizer
 from gpt.model import GPT, GPTConfig
+from gpt.sample import build_parser
 from gpt.sample import main as sampler_main
 from gpt.sampling import generate, probabilities, sample
 
@@ -172,3 +173,8 @@ def test_a_mask_for_another_vocabulary_is_refused(bytes_bpe):
     with pytest.raises(ValueError, match=f"the UTF-8 mask is for {bytes_bpe.vocab_size} tokens, the model has 300"):
         generate(untrained_gpt(300), np.array([[1]]), 2, utf8_mask=bytes_bpe.utf8_mask)
 
+
+def test_the_samplers_help_speaks_of_tokens():
+    text = " ".join(build_parser().format_help().split())
+    assert "the k likeliest tokens" in text and "likeliest characters" not in text
+    assert "the last block_size tokens" in text
