@@ -17,6 +17,9 @@ retrains the tokenizer nor encodes again:
 
 meta.json is written last and names every size, so a cache cut short by a crash, or a .bin
 file that is not the size it says, is built again rather than read.
+
+On a terminal, a progress bar follows each pass over the file and the learning of the
+merges; elsewhere (a log file, a pipe), a line every PROGRESS_EVERY_S seconds does.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hashlib
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -45,6 +49,7 @@ from .tokenizer import Tokenizer, tokenizer_from_json
 READ_BYTES = 1 << 22  # 4 MiB of the file at a time: a piece's chunks and ids stay in the tens of MB
 CARRY_CHARS = 4  # see chunk_stream
 FORMAT = 1
+PROGRESS_EVERY_S = 5.0  # between two progress lines where no bar can be drawn
 
 
 def corpus_path(data: str | Path | None) -> Path:
@@ -130,6 +135,33 @@ def encode_pieces(tokenizer: Tokenizer, pieces: Iterator[str]) -> Iterator[np.nd
     return map(tokenizer.encode_chunks, chunk_stream(pieces))
 
 
+class Progress:
+    """How far a long pass has come (`what`, `total` in `unit`s): a tqdm bar on a terminal;
+    elsewhere, a line through `log` every PROGRESS_EVERY_S seconds, so that no long pass is
+    silent; nothing at all where not `shown`."""
+
+    def __init__(self, what: str, total: int, unit: str, log: Callable[[str], None], shown: bool = True):
+        self.what, self.total, self.unit, self.log, self.shown = what, total, unit, log, shown
+        self.done, self.bar, self.last_line = 0, None, time.monotonic()
+        if shown and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=what, file=sys.stderr, leave=False)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.shown and time.monotonic() - self.last_line >= PROGRESS_EVERY_S:
+            self.last_line = time.monotonic()
+            unit = "bytes" if self.unit == "B" else self.unit
+            self.log(f"{self.what}: {self.done:,} of {self.total:,} {unit} ({self.done / max(self.total, 1):.0%})")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @dataclass
 class PreparedCorpus:
     """A corpus split, tokenized and on disk: the ids of each split, read through np.memmap."""
@@ -183,23 +215,17 @@ class Preparer:
                      f"{self._scratch.name} for this run only")
             return Path(self._scratch.name)
 
-    def _pieces(self, start: int = 0, stop: int | None = None, what: str = "") -> Iterator[str]:
-        bar = None
-        if self.show_progress and what:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True, desc=what,
-                       file=sys.stderr, leave=False, disable=None)  # (None: shown on a terminal, not in a log)
+    def _pieces(self, what: str, start: int = 0, stop: int | None = None) -> Iterator[str]:
+        progress = Progress(what, self.path.stat().st_size, "B", self.log, self.show_progress)
         try:
-            yield from read_pieces(self.path, start, stop, bar.update if bar is not None else lambda n: None)
+            yield from read_pieces(self.path, start, stop, progress.update)
         finally:
-            if bar is not None:
-                bar.close()
+            progress.close()
 
     @property
     def n_chars(self) -> int:
         if self._n_chars is None:
-            self._n_chars = sum(map(len, self._pieces(what="counting characters")))
+            self._n_chars = sum(map(len, self._pieces("counting characters")))
             if self._n_chars == 0:
                 raise UserError(f"data file {self.path} is empty")
         return self._n_chars
@@ -220,7 +246,7 @@ class Preparer:
                 self.log(f"note: {path} is damaged; building it again")
         if kind == "char":
             chars: set[str] = set()
-            for piece in self._pieces(what="reading the characters"):
+            for piece in self._pieces("reading the characters"):
                 chars.update(piece)
             if not chars:
                 raise UserError(f"data file {self.path} is empty")
@@ -232,10 +258,16 @@ class Preparer:
         return tokenizer
 
     def _train_bpe(self, vocab_size: int) -> BPETokenizer:
-        pieces = self._pieces(0, self.n_train(), "counting the train split's chunks")
+        pieces = self._pieces("counting the train split's chunks", 0, self.n_train())
         counts = chunk_counts(chain.from_iterable(chunk_stream(pieces)))
         self.log(f"training a BPE of {vocab_size} tokens on {len(counts):,} distinct chunks")
-        tokenizer = BPETokenizer(train_merges(counts, vocab_size - N_BYTES))
+        merges = []
+        progress = Progress("learning the merges", vocab_size - N_BYTES, "merges", self.log, self.show_progress)
+        for pair in train_merges(counts, vocab_size - N_BYTES):
+            merges.append(pair)
+            progress.update(1)
+        progress.close()
+        tokenizer = BPETokenizer(merges)
         if tokenizer.vocab_size < vocab_size:
             self.log(f"note: the train split has pairs for {tokenizer.vocab_size} tokens only, not {vocab_size}: "
                      f"every chunk is one token")
@@ -280,7 +312,7 @@ class Preparer:
         meta = {"format": FORMAT, "source": str(self.path), "sha256": self.digest, "dtype": tokenizer.dtype.name,
                 "val_fraction": self.val_fraction, "train_chars": n_train, "val_chars": self.n_chars - n_train}
         for name, (start, stop) in (("train", (0, n_train)), ("val", (n_train, None))):
-            pieces = self._pieces(start, stop, f"encoding the {name} split")
+            pieces = self._pieces(f"encoding the {name} split", start, stop)
             tokens = 0
 
             def write(f, pieces=pieces) -> None:

@@ -3,6 +3,7 @@ whole text, cached and rebuilt when the cache is damaged; and training and sampl
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -115,6 +116,30 @@ def test_a_second_run_reads_the_cache_and_a_damaged_cache_is_built_again(corpus,
     assert prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append, show_progress=False).tokenizer.merges \
         == first.tokenizer.merges
     assert any("damaged; building it again" in note for note in notes)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("on_a_terminal", [True, False])
+def test_learning_the_merges_shows_progress(corpus, monkeypatch, on_a_terminal):
+    """A bar over the merges on a terminal; elsewhere, a line every PROGRESS_EVERY_S seconds
+    (here 0: a line for every merge and every read)."""
+    stderr = _Terminal() if on_a_terminal else io.StringIO()
+    monkeypatch.setattr(prep.sys, "stderr", stderr)
+    monkeypatch.setattr(prep, "PROGRESS_EVERY_S", 0.0)
+    notes = []
+    prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append)
+    progress = [note for note in notes if note.startswith("learning the merges: ")]
+    if on_a_terminal:
+        assert progress == [] and "learning the merges:   0%| " in stderr.getvalue() and " 0/44 " in stderr.getvalue()
+    else:
+        assert progress[0] == "learning the merges: 1 of 44 merges (2%)" and len(progress) == 44
+        assert progress[-1] == "learning the merges: 44 of 44 merges (100%)"
+        assert any(note.startswith("counting the train split's chunks: ") for note in notes)
+        assert stderr.getvalue() == ""
 
 
 def test_a_changed_corpus_is_a_new_cache_entry(corpus):
