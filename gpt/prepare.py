@@ -15,8 +15,10 @@ retrains the tokenizer nor encodes again:
         char.tokenizer.json, bpe-512-val0.1.tokenizer.json, ...     the tokenizer for those settings
         ids-<sha256 of the tokenizer's JSON, 16>-val0.1/     train.bin, val.bin, meta.json
 
-meta.json is written last and names every size, so a cache cut short by a crash, or a .bin
-file that is not the size it says, is built again rather than read.
+A tokenizer file holds the tokenizer's JSON and its sha256, so that a damaged one is told
+from a different one. meta.json is written last and names every size, so a cache cut short
+by a crash, or a .bin file that is not the size it says, is built again rather than read.
+A damaged file is named in one line that says what is wrong with it.
 
 On a terminal, a progress bar follows each pass over the file and the learning of the
 merges; elsewhere (a log file, a pipe), a line every PROGRESS_EVERY_S seconds does.
@@ -50,6 +52,10 @@ READ_BYTES = 1 << 22  # 4 MiB of the file at a time: a piece's chunks and ids st
 CARRY_CHARS = 4  # see chunk_stream
 FORMAT = 1
 PROGRESS_EVERY_S = 5.0  # between two progress lines where no bar can be drawn
+
+
+class DamagedCache(Exception):
+    """A cache file that cannot be used, and what is wrong with it."""
 
 
 def corpus_path(data: str | Path | None) -> Path:
@@ -133,6 +139,35 @@ def encode_pieces(tokenizer: Tokenizer, pieces: Iterator[str]) -> Iterator[np.nd
     if isinstance(tokenizer, CharTokenizer):
         return map(tokenizer.encode, pieces)
     return map(tokenizer.encode_chunks, chunk_stream(pieces))
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """sha256 of the tokenizer's JSON: the check of its cache file, and the key of its ids."""
+    return hashlib.sha256(tokenizer.to_json().encode()).hexdigest()
+
+
+def write_cached_tokenizer(path: Path, tokenizer: Tokenizer) -> None:
+    cached = {"sha256": tokenizer_digest(tokenizer), "tokenizer": tokenizer.to_json()}
+    atomic_write(path, lambda f: f.write(json.dumps(cached).encode()))
+
+
+def read_cached_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer that write_cached_tokenizer wrote; DamagedCache where the file is not what
+    it wrote (a byte changed, a file cut short, or one written by an earlier version)."""
+    try:
+        cached = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise DamagedCache(f"cannot be read: {exc.strerror}") from None
+    except ValueError as exc:  # (JSONDecodeError, UnicodeDecodeError)
+        raise DamagedCache(f"not JSON: {exc}") from None
+    if not isinstance(cached, dict) or not all(isinstance(cached.get(key), str) for key in ("sha256", "tokenizer")):
+        raise DamagedCache('not a JSON object {"sha256": ..., "tokenizer": ...}')
+    if hashlib.sha256(cached["tokenizer"].encode()).hexdigest() != cached["sha256"]:
+        raise DamagedCache("its tokenizer does not match its sha256")
+    try:
+        return tokenizer_from_json(cached["tokenizer"])
+    except UserError as exc:
+        raise DamagedCache(str(exc)) from None
 
 
 class Progress:
@@ -241,9 +276,9 @@ class Preparer:
         path = self.root / f"{name}.tokenizer.json"
         if path.exists():
             try:
-                return tokenizer_from_json(path.read_text())
-            except (UserError, OSError, UnicodeDecodeError):
-                self.log(f"note: {path} is damaged; building it again")
+                return read_cached_tokenizer(path)
+            except DamagedCache as exc:
+                self.log(f"note: {path} is damaged ({exc}); building it again")
         if kind == "char":
             chars: set[str] = set()
             for piece in self._pieces("reading the characters"):
@@ -254,7 +289,7 @@ class Preparer:
         else:
             tokenizer = self._train_bpe(vocab_size)
         self._check_unchanged()
-        atomic_write(self._write_root() / path.name, lambda f: f.write(tokenizer.to_json().encode()))
+        write_cached_tokenizer(self._write_root() / path.name, tokenizer)
         return tokenizer
 
     def _train_bpe(self, vocab_size: int) -> BPETokenizer:
@@ -275,8 +310,7 @@ class Preparer:
 
     def ids(self, tokenizer: Tokenizer) -> PreparedCorpus:
         """Both splits encoded with tokenizer: from the cache, or encoded and cached."""
-        key = hashlib.sha256(tokenizer.to_json().encode()).hexdigest()[:16]
-        name = f"ids-{key}-val{self.val_fraction!r}"
+        name = f"ids-{tokenizer_digest(tokenizer)[:16]}-val{self.val_fraction!r}"
         directory = self.root / name
         meta = self._read_meta(directory, tokenizer)
         if meta is None:

@@ -3,6 +3,7 @@ whole text, cached and rebuilt when the cache is damaged; and training and sampl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -110,12 +111,41 @@ def test_a_second_run_reads_the_cache_and_a_damaged_cache_is_built_again(corpus,
     (ids_dir / "meta.json").write_text("{not json")
     np.testing.assert_array_equal(prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append,
                                                show_progress=False).val, first.val)
-    monkeypatch.undo()
-    (tokenizer_json,) = (corpus.parent / "tokenized").glob("*/bpe-300-val0.1.tokenizer.json")
-    tokenizer_json.write_text('{"type": "bpe", "merges": [[0, 999]]}')  # tampered: an id not made yet
-    assert prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append, show_progress=False).tokenizer.merges \
-        == first.tokenizer.merges
-    assert any("damaged; building it again" in note for note in notes)
+
+
+def one_digit_changed(text: str) -> str:
+    """The tokenizer file with one byte changed: still JSON, and the merges still a BPE's."""
+    at = text.index("[[") + 2
+    return text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:]
+
+
+def with_its_sha256(text: str) -> str:
+    cached = json.loads(text)
+    cached["tokenizer"] = '{"type": "bpe", "merges": [[0, 999]]}'  # an id not made yet
+    cached["sha256"] = hashlib.sha256(cached["tokenizer"].encode()).hexdigest()
+    return json.dumps(cached)
+
+
+@pytest.mark.parametrize("damage, found", [
+    (one_digit_changed, "its tokenizer does not match its sha256"),
+    (lambda text: text[:-9], "not JSON: "),
+    (lambda text: json.loads(text)["tokenizer"], 'not a JSON object {"sha256": ..., "tokenizer": ...}'),  # older
+    (with_its_sha256, "uses id 999, which does not exist"),
+])
+def test_a_damaged_tokenizer_file_is_named_with_what_is_wrong_and_built_again(corpus, damage, found):
+    first = prep.prepare(corpus, "bpe", 300, 0.1, log=lambda m: None, show_progress=False)
+    (path,) = (corpus.parent / "tokenized").glob("*/bpe-300-val0.1.tokenizer.json")
+    path.write_text(damage(path.read_text()))
+    notes = []
+    again = prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append, show_progress=False)
+    assert again.tokenizer.merges == first.tokenizer.merges
+    np.testing.assert_array_equal(again.train, first.train)
+    (note,) = [note for note in notes if "damaged" in note]
+    assert note.startswith(f"note: {path} is damaged (") and found in note and note.endswith("); building it again")
+    assert "\n" not in note
+    notes.clear()
+    prep.prepare(corpus, "bpe", 300, 0.1, log=notes.append, show_progress=False)
+    assert notes == []  # rebuilt whole
 
 
 class _Terminal(io.StringIO):
