@@ -25,7 +25,8 @@ and leave the same file names again: a reader can run any command twice. The blo
 read run once, which keeps the test's time well under twice a single pass. The directory is a
 git repository with the project's .gitignore, as a reader's clone is, and `git status` there
 must be the same after the guide as before: everything the commands write is ignored (without
-git or the .gitignore, that check is left out with a warning saying so).
+git or the .gitignore, that check is left out with a warning saying so). And all of it lands in
+SCRATCH, or beside the corpus in data/ (its tokenized cache), not across the reader's clone.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
 SHORTEN = ["--max-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--sample-tokens", "0"]
 OMITTED = "..."
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SCRATCH = "scratch/"  # where the guide's runs and pictures go (git ignores it)
 
 
 def steps(path: Path) -> list[tuple[str, str, str | None]]:
@@ -200,6 +202,8 @@ def test_every_command_in_the_guide_prints_what_it_shows_can_run_again_and_leave
             before = files_under(workdir)
             run_block(code, expected, workdir, chapter.name)
             written = files_under(workdir)
+            elsewhere = [path for path in written.keys() - before.keys() if not path.startswith((SCRATCH, "data/"))]
+            assert not elsewhere, f"{chapter.name}: {code!r} writes outside {SCRATCH} and data/: {elsewhere}"
             if written != before:  # once more, as a reader who runs the command again
                 run_block(code, expected, workdir, f"{chapter.name}, run a second time")
                 again = files_under(workdir)
@@ -207,7 +211,7 @@ def test_every_command_in_the_guide_prints_what_it_shows_can_run_again_and_leave
 
     assert pictures, "the guide draws no picture: what does this test check?"
     for picture in pictures:
-        assert not Path(picture).is_absolute() and "/" in picture, f"--png {picture} writes into the repository root"
+        assert picture.startswith(SCRATCH), f"--png {picture} writes outside {SCRATCH}"
         if importlib.util.find_spec("matplotlib") is not None:  # (without it, the commands say they draw nothing)
             path = workdir / picture
             assert path.exists(), f"the guide's command wrote no {picture}"
@@ -218,6 +222,15 @@ def test_every_command_in_the_guide_prints_what_it_shows_can_run_again_and_leave
                       "(not a git checkout)", stacklevel=1)
     else:
         assert git_status(workdir) == status_before, "the guide's commands leave files git does not ignore"
+
+
+def test_the_guides_runs_and_pictures_go_to_one_directory_that_git_ignores():
+    """Every --out-dir and --png of the guide's commands is under SCRATCH, which the project's
+    .gitignore names: a reader who follows the guide finds them in one place, and can delete it."""
+    paths = [path for chapter in CHAPTERS for kind, code, _ in steps(chapter) if kind == "bash"
+             for path in re.findall(r"--(?:out-dir|png) (\S+)", code)]
+    assert len(paths) > 10 and all(path.startswith(SCRATCH) for path in paths), paths
+    assert SCRATCH in (REPO / ".gitignore").read_text().splitlines()
 
 
 def test_the_guide_is_linked_from_the_readme():
