@@ -68,8 +68,8 @@ class Utf8Mask:
     """Which tokens of a vocabulary may come next, in each state (see the module docstring).
 
     due_after[s, v] is the number of continuation bytes due after token v in state s, or
-    NOT_ALLOWED where v would break the UTF-8; state_after[s, v] the index of that state in
-    STATES. A vocabulary that holds the 256 single bytes (a byte-level BPE's first tokens)
+    NOT_ALLOWED where v would break the UTF-8; index_after[s, v] the index in STATES of the
+    state it leaves. A vocabulary that holds the 256 single bytes (a byte-level BPE's first tokens)
     allows something in every state: ASCII between characters, and the continuation bytes of
     the range that is due.
     """
@@ -77,7 +77,7 @@ class Utf8Mask:
     def __init__(self, tokens: Sequence[bytes]):
         self.tokens = list(tokens)
         self.due_after = np.full((len(STATES), len(tokens)), NOT_ALLOWED, dtype=np.int8)  # (S, V)
-        self.state_after = np.zeros((len(STATES), len(tokens)), dtype=np.int64)  # (S, V)
+        self.index_after = np.zeros((len(STATES), len(tokens)), dtype=np.int64)  # (S, V)
         for s, state in enumerate(STATES):
             for v, token in enumerate(self.tokens):
                 after: State | None = state
@@ -87,7 +87,7 @@ class Utf8Mask:
                         break
                 else:
                     self.due_after[s, v] = after[0]
-                    self.state_after[s, v] = STATES.index(after)
+                    self.index_after[s, v] = STATES.index(after)
 
     @property
     def vocab_size(self) -> int:
@@ -98,14 +98,15 @@ class Utf8Mask:
         return np.array([STATES.index(state_after(b"".join(self.tokens[i] for i in row))) for row in ids.tolist()])
 
     def allowed(self, states: np.ndarray, remaining: int) -> np.ndarray:
-        """(B, V) the tokens that may come next in states (B,), when `remaining` more tokens
-        will follow this one: a token may leave a character unfinished only where the tokens
-        left can finish it (each finishes at least one of its bytes), so that a sample never
-        ends inside a character. A prompt given as ids may end in one that cannot be finished
-        in time: then its next continuation byte is still allowed."""
+        """(B, V) the tokens that may come next in states (B,) (indices into STATES), when
+        `remaining` more tokens will follow this one. A token may leave a character unfinished
+        only if the tokens left can finish it (each can bring one of the bytes due, at least),
+        so that a sample never ends inside a character. A prompt given as ids may end in a
+        character that cannot be finished in time: then its next continuation byte is still
+        allowed."""
         limit = np.maximum(min(remaining, NOT_ALLOWED - 1), DUE[states] - 1)  # (B,)
         return self.due_after[states] <= limit[:, None]
 
     def advance(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """(B,) the states after tokens (B,), drawn from what allowed() let through."""
-        return self.state_after[states, tokens]
+        return self.index_after[states, tokens]
