@@ -225,10 +225,13 @@ def test_every_command_in_the_guide_prints_what_it_shows_can_run_again_and_leave
 
 
 def test_the_guides_runs_and_pictures_go_to_one_directory_that_git_ignores():
-    """Every --out-dir and --png of the guide's commands is under SCRATCH, which the project's
-    .gitignore names: a reader who follows the guide finds them in one place, and can delete it."""
-    paths = [path for chapter in CHAPTERS for kind, code, _ in steps(chapter) if kind == "bash"
-             for path in re.findall(r"--(?:out-dir|png) (\S+)", code)]
+    """Every training run of the guide names its --out-dir, and every --out-dir and --png is
+    under SCRATCH, which the project's .gitignore names: a reader who follows the guide finds
+    them in one place, and can delete it."""
+    commands = [line for chapter in CHAPTERS for kind, code, _ in steps(chapter) if kind == "bash"
+                for line in code.splitlines()]
+    assert all("--out-dir" in line for line in commands if "gpt.train" in line)
+    paths = [path for line in commands for path in re.findall(r"--(?:out-dir|png) (\S+)", line)]
     assert len(paths) > 10 and all(path.startswith(SCRATCH) for path in paths), paths
     assert SCRATCH in (REPO / ".gitignore").read_text().splitlines()
 
