@@ -3,16 +3,24 @@ byte-level model's samples, always valid UTF-8."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import nanograd
+from gpt import train
 from gpt.bpe import BPETokenizer
 from gpt.model import GPT, GPTConfig
 from gpt.sample import build_parser
 from gpt.sample import main as sampler_main
 from gpt.sampling import generate, probabilities, sample
 
+REPO = Path(__file__).resolve().parent.parent
 LOGITS = np.array([[2.0, 1.0, 0.5, -1.0], [0.0, 0.0, 3.0, 0.0]])
 
 
@@ -178,3 +186,17 @@ def test_the_samplers_help_speaks_of_tokens():
     text = " ".join(build_parser().format_help().split())
     assert "the k likeliest tokens" in text and "likeliest characters" not in text
     assert "the last block_size tokens" in text
+
+
+def test_sample_speed_times_a_bpe_run_with_its_mask_and_without(text_file, tmp_path):
+    out = tmp_path / "bpe"
+    assert train.main(["--data", str(text_file), "--out-dir", str(out), "--tokenizer", "bpe", "--vocab-size", "300",
+                       "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "8", "--max-iters", "1",
+                       "--eval-iters", "1", "--sample-tokens", "0", "--quiet"]) == 0
+    script = REPO / "benchmarks" / "sample_speed.py"
+    result = subprocess.run([sys.executable, str(script), "--out-dir", str(out), "--tokens", "5", "--rounds", "2",
+                             "--json"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["utf8_mask"] and row["vocab_size"] == 300 and row["rounds"] == 2
+    assert row["kv_cache_unmasked_tokens_per_s"] > 0 and row["mask_slowdown"] > 0
