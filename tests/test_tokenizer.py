@@ -1,8 +1,13 @@
-"""The character tokenizer: round trips, dtypes, unknown characters, JSON."""
+"""The character tokenizer: round trips, dtypes, unknown characters, JSON; the tokenizers'
+modules import neither each other nor the corpus pipeline."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +17,8 @@ from hypothesis import strategies as st
 from gpt.chars import CharTokenizer
 from gpt.errors import UserError
 from gpt.tokenizer import tokenizer_from_json
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @settings(deadline=None, max_examples=100)
@@ -71,3 +78,16 @@ def test_json_round_trip():
 def test_bad_json_is_a_user_error(text):
     with pytest.raises(UserError, match="tokenizer"):
         tokenizer_from_json(text)
+
+
+@pytest.mark.parametrize("module, not_imported", [
+    ("gpt.checkpoint", "gpt.prepare"),  # a checkpoint's tokenizer needs none of the corpus pipeline
+    ("gpt.bookkeeping", "gpt.prepare"),
+    ("gpt.bpe", "gpt.chars"),  # nor does one tokenizer need the other
+    ("gpt.chars", "gpt.bpe"),
+])
+def test_the_tokenizers_stand_apart(module, not_imported):
+    code = f"import sys, {module}; print(' '.join(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert module in result.stdout.split() and not_imported not in result.stdout.split()
