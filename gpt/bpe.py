@@ -60,7 +60,7 @@ def split_chunks(text: str) -> list[str]:
     return CHUNK_PATTERN.findall(text)
 
 
-def check_vocab_size(vocab_size: int) -> None:
+def _check_vocab_size(vocab_size: int) -> None:
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer):
         raise UserError(f"BPE vocab_size must be an integer, got {vocab_size!r}")
     if vocab_size < N_BYTES:
@@ -183,6 +183,15 @@ def _most_frequent(heap: list[tuple[int, tuple[int, int]]], counts: dict[tuple[i
     return None
 
 
+def _pair_of_ids(rank: int, pair: object) -> tuple[int, int]:
+    """Merge `rank` as a pair of Python ints; a UserError where it is not two integers (a
+    tokenizer file may hold anything)."""
+    if (not isinstance(pair, list | tuple) or len(pair) != 2
+            or any(isinstance(x, bool) or not isinstance(x, int | np.integer) for x in pair)):
+        raise UserError(f"BPE merge {rank} must be a pair of ids [a, b], got {pair!r}")
+    return int(pair[0]), int(pair[1])
+
+
 class BPETokenizer:
     """encode: text -> ids (np.ndarray, smallest unsigned dtype); decode: ids -> text.
 
@@ -190,25 +199,20 @@ class BPETokenizer:
     """
 
     def __init__(self, merges: Iterable[tuple[int, int]]):
-        self.merges: list[tuple[int, int]] = []
+        self.merges = [_pair_of_ids(rank, pair) for rank, pair in enumerate(merges)]
         self.vocab: list[bytes] = [bytes([i]) for i in range(N_BYTES)]
         self._merged: dict[tuple[int, int], int] = {}  # pair -> the id it was merged into
-        for rank, pair in enumerate(merges):
-            if (not isinstance(pair, list | tuple) or len(pair) != 2
-                    or any(isinstance(x, bool) or not isinstance(x, int | np.integer) for x in pair)):
-                raise UserError(f"BPE merge {rank} must be a pair of ids [a, b], got {pair!r}")
-            a, b = int(pair[0]), int(pair[1])
-            new = N_BYTES + rank
+        for new, (a, b) in enumerate(self.merges, start=N_BYTES):
             for x in (a, b):
                 if not 0 <= x < new:
-                    raise UserError(f"BPE merge {rank} ({a}, {b}) uses id {x}, which does not exist "
+                    raise UserError(f"BPE merge {new - N_BYTES} ({a}, {b}) uses id {x}, which does not exist "
                                     f"before it (ids 0..{new - 1})")
             if (a, b) in self._merged:
-                raise UserError(f"BPE merge {rank} ({a}, {b}) is a duplicate of merge {self._merged[a, b] - N_BYTES}")
-            self.merges.append((a, b))
+                raise UserError(f"BPE merge {new - N_BYTES} ({a}, {b}) is a duplicate of merge "
+                                f"{self._merged[a, b] - N_BYTES}")
             self._merged[a, b] = new
             self.vocab.append(self.vocab[a] + self.vocab[b])
-        check_vocab_size(self.vocab_size)
+        _check_vocab_size(self.vocab_size)
         self.dtype = smallest_uint(self.vocab_size)
 
     @classmethod
@@ -219,7 +223,7 @@ class BPETokenizer:
         has fewer tokens than asked: train says nothing, and callers that care compare
         vocab_size with what they asked for.
         """
-        check_vocab_size(vocab_size)
+        _check_vocab_size(vocab_size)
         return cls(train_merges(chunk_counts(split_chunks(text)), vocab_size - N_BYTES))
 
     @property
