@@ -12,14 +12,14 @@ weights, so a random model measures the same as a trained one. A checkpoint samp
 gpt.sample does: a byte-level BPE's through its UTF-8 mask (gpt.utf8), and then the cached
 path is timed without the mask too, in turns with it, for what the mask costs (the random
 model has 65 characters, and no mask). With --rounds, each way runs that many times in
-turns, and the median is kept.
+turns (common.alternate, which lets the BLAS threads settle between them), and the median
+is kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from functools import partial
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import time_calls, usable_device  # noqa: E402
+from common import alternate, usable_device  # noqa: E402
 
 import nanograd  # noqa: E402
 from gpt import sampling  # noqa: E402
@@ -74,11 +74,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for way in ways:
         run(way, WARMUP_TOKENS)  # the first calls allocate memory and fill caches
-    seconds: dict[str, list[float]] = {way: [] for way in ways}
-    for _ in range(args.rounds):
-        for way in ways:
-            seconds[way].append(time_calls(partial(run, way, args.tokens), 1, args.device))
-    rates = {way: args.tokens / statistics.median(times) for way, times in seconds.items()}
+    seconds = alternate({way: partial(run, way, args.tokens) for way in ways}, args.rounds, 1, args.device)
+    rates = {way: args.tokens / s for way, s in seconds.items()}
     speedup = rates["kv_cache"] / rates["recompute"]
     row = {"tokens": args.tokens, "device": args.device, "vocab_size": model.vocab_size, "rounds": args.rounds,
            "utf8_mask": utf8_mask is not None, "speedup": round(speedup, 2),
