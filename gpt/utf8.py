@@ -104,7 +104,9 @@ class Utf8Mask:
         so that a sample never ends inside a character. A prompt given as ids may end in a
         character that cannot be finished in time: then its next continuation byte is still
         allowed."""
-        limit = np.maximum(min(remaining, NOT_ALLOWED - 1), DUE[states] - 1)  # (B,)
+        if remaining >= NOT_ALLOWED - 1:  # time enough to finish any character
+            return self.due_after[states] < NOT_ALLOWED
+        limit = np.maximum(remaining, DUE[states] - 1)  # (B,)
         return self.due_after[states] <= limit[:, None]
 
     def advance(self, states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
