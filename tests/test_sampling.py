@@ -188,15 +188,16 @@ def test_the_samplers_help_speaks_of_tokens():
     assert "the last block_size tokens" in text
 
 
-def test_sample_speed_times_a_bpe_run_with_its_mask_and_without(text_file, tmp_path):
+def test_sample_speed_times_a_bpe_run_with_its_mask_and_without_and_against_a_commit(text_file, tmp_path):
     out = tmp_path / "bpe"
     assert train.main(["--data", str(text_file), "--out-dir", str(out), "--tokenizer", "bpe", "--vocab-size", "300",
                        "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "8", "--max-iters", "1",
                        "--eval-iters", "1", "--sample-tokens", "0", "--quiet"]) == 0
     script = REPO / "benchmarks" / "sample_speed.py"
     result = subprocess.run([sys.executable, str(script), "--out-dir", str(out), "--tokens", "5", "--rounds", "2",
-                             "--json"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                             "--versus", "HEAD", "--json"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)
-    assert row["utf8_mask"] and row["vocab_size"] == 300 and row["rounds"] == 2
-    assert row["kv_cache_unmasked_tokens_per_s"] > 0 and row["mask_slowdown"] > 0
+    assert row["utf8_mask"] and row["vocab_size"] == 300 and row["rounds"] == 2 and row["versus"] == "HEAD"
+    assert row["kv_cache_tokens_per_s"] > 0 and row["mask_slowdown"] > 0 and row["versus_slowdown"] > 0
