@@ -17,6 +17,7 @@ from nanograd import backend, nn
 
 from .bigram import BigramLanguageModel
 from .bpe import MAX_VOCAB_SIZE, N_BYTES
+from .budget import FIRST_STEPS_LEFT_OUT, measured_steps
 from .data import check_val_fraction
 from .errors import UserError
 from .model import GPT, GPTConfig
@@ -66,6 +67,9 @@ class TrainConfig:
                 "before the update: the same update in less memory"})
     # optimisation
     max_iters: int = field(default=2000, metadata={"help": "training steps"})
+    time_budget: float | None = field(default=None, metadata={
+        "help": "seconds for the whole run, evaluations included: it times its first steps and evaluations, "
+                "then takes as many steps as fit, and says how many (--max-iters N repeats it)"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine decay"})
     warmup_iters: int = field(default=100, metadata={"help": "linear warm-up steps"})
@@ -109,6 +113,8 @@ class TrainConfig:
         for name in ("max_iters", "warmup_iters", "sample_tokens", "seed"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.time_budget is not None:
+            self._check_time_budget()
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -121,6 +127,20 @@ class TrainConfig:
         check_tokenizer_settings(self.tokenizer, self.vocab_size, self.val_fraction)
         if self.model == "gpt":  # GPTConfig checks the model's sizes; any vocabulary stands in for the text's
             self.model_config(vocab_size=1)
+
+    def _check_time_budget(self) -> None:
+        if isinstance(self.time_budget, bool) or not isinstance(self.time_budget, numbers.Real) or not (
+                math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise UserError(f"--time-budget must be a number of seconds above 0, got {self.time_budget!r}")
+        if self.steps_to_time() < FIRST_STEPS_LEFT_OUT + 3:
+            raise UserError(f"--time-budget times the run's first steps during the warm-up, whose learning rates do "
+                            f"not depend on the run's length: give --warmup-iters {FIRST_STEPS_LEFT_OUT + 3} or more "
+                            "(or --lr-decay-iters, or --no-decay-lr)")
+
+    def steps_to_time(self) -> int:
+        """How many of its first steps a run with a --time-budget times before it chooses its
+        length (gpt.budget); 0 without a budget."""
+        return measured_steps(self.decay_lr, self.warmup_iters, self.lr_decay_iters) if self.time_budget else 0
 
     def data_parallel_workers(self) -> int:
         """How many processes `python -m gpt.train` starts (under mpiexec, gpt.ranks), each on a
@@ -215,6 +235,8 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> TrainConfig:
     """dataclass defaults <- preset <- the saved config when resuming <- flags given."""
     given = {k: v for k, v in vars(args).items() if v is not None}
+    if "time_budget" in given and "max_iters" in given:
+        raise UserError("--time-budget chooses the number of steps, and --max-iters gives it: give one")
     preset = given.get("preset", (saved or {}).get("preset", "baby"))
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")

@@ -17,10 +17,14 @@ class UserError(ValueError):
     """Bad input from the user (a file, a flag, a checkpoint): printed as 'error: ...', exit 2."""
 
 
-class Diverged(UserError):
-    """A loss, weights or optimizer moments that are no longer finite. Each is a number that
-    every process of a run holds alike (a loss summed over them; weights that the same update
-    keeps equal), so all of them raise it at the same point."""
+class RunStops(UserError):
+    """A reason for a training run to stop that every process of it meets at the same point,
+    from numbers they all hold alike (a loss summed over them, weights that the same update
+    keeps equal, timings they averaged): each raises it, and one says why."""
+
+
+class Diverged(RunStops):
+    """A loss, weights or optimizer moments that are no longer finite."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -53,7 +57,7 @@ def exit_status(run: Callable[[], object], interrupted: str = "interrupted", wor
     """run()'s exit status: 0 where it returns, else as attempt() reports it.
 
     With several MPI ranks (world, a nanograd.distributed.World), an error that every rank
-    raises at once (Diverged, Interrupted: from numbers they share) is reported by rank 0. Any
+    raises at once (RunStops, Interrupted) is reported by rank 0. Any
     other is this rank's alone: it says so, naming the rank, and ends the whole job from here
     (World.abort, as mpi4py's runner does), or the other ranks would wait for it forever."""
     if world is None or world.size == 1:
@@ -61,7 +65,7 @@ def exit_status(run: Callable[[], object], interrupted: str = "interrupted", wor
     try:
         run()
         return 0
-    except (Diverged, Interrupted) as exc:
+    except (RunStops, Interrupted) as exc:
         status, message = error_line(exc)
         if world.rank == 0:
             print(message, file=sys.stderr)

@@ -49,7 +49,8 @@ class RunLog:
         self.last_row = rows[-1] if rows else {}
         columns = terminal_columns() if self.chatty else None
         self.bar = _bar(steps, start, columns) if columns else None
-        self.train_seconds, self.train_steps = 0.0, 0  # this session's, in training steps (no evaluations)
+        self.step_seconds: list[float] = []  # this session's training steps (evaluations not counted)
+        self.evaluations = 0  # this session's
         self.logged_seconds, self.logged_steps = 0.0, 0  # since the last log line
         self.eval_shown_at = -math.inf
 
@@ -59,6 +60,16 @@ class RunLog:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    @property
+    def train_steps(self) -> int:
+        return len(self.step_seconds)
+
+    def set_steps(self, steps: int) -> None:
+        """The run's length, chosen as it trains (--time-budget)."""
+        if self.bar is not None:
+            self.bar.total = steps
+            self.bar.refresh()
 
     def note(self, message: str) -> None:
         """A line about the run (not shown with --quiet)."""
@@ -92,14 +103,14 @@ class RunLog:
                         f"val {bpc['val']:.3f} bits per character")
             metrics.append_row(self.path, row)
         self.last_row = row
+        self.evaluations += 1
         if self.bar is not None:
             self.bar.set_postfix_str("", refresh=False)
             self.bar.unpause()
 
     def step(self, state: TrainState, loss: float, grad_norm: float, seconds: float) -> None:
         """A training step that took `seconds` (state.step: the steps done so far)."""
-        self.train_seconds += seconds
-        self.train_steps += 1
+        self.step_seconds.append(seconds)
         self.logged_seconds += seconds
         self.logged_steps += 1
         if self.bar is not None:
@@ -114,7 +125,7 @@ class RunLog:
 
     def tokens_per_s(self) -> float:
         """This session's training speed, in its training steps alone."""
-        return self.tokens_per_step * self.train_steps / self.train_seconds
+        return self.tokens_per_step * self.train_steps / sum(self.step_seconds)
 
     def done(self, state: TrainState, checkpoint: Path) -> None:
         """The loss curve (loss.png), and the run's last line."""

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ import nanograd
 from nanograd import backend, distributed, nn, no_grad, optim
 
 from . import sampling
+from .budget import FIRST_STEPS_LEFT_OUT, steps_that_fit
 from .checkpoint import (
     SavedRun,
     TrainState,
@@ -182,10 +184,10 @@ def train(run: Run, world: distributed.World) -> None:
                 log.step(state, loss, grad_norm, time.perf_counter() - t0)
                 if stop:
                     raise StopRequested
+                if log.train_steps == config.steps_to_time():  # --time-budget: as many steps as fit
+                    config = fit_the_budget(config, state, log, world, model.num_parameters())
         except StopRequested:  # Ctrl-C: the model as it stands between two steps, saved
-            save(checkpoint_path(config.out_dir), model, optimizer, config, run.tokenizer, state, writes)
-            raise Interrupted(f"interrupted: saved step {state.step} to {checkpoint_path(config.out_dir)} "
-                              f"(continue with --resume --out-dir {config.out_dir})") from None
+            raise interrupted(model, optimizer, config, run.tokenizer, state, writes) from None
     log.done(state, checkpoint_path(config.out_dir))
     if config.sample_tokens and writes and not config.quiet:
         print_sample(model, run.tokenizer, config)
@@ -205,8 +207,7 @@ def start_log(config: TrainConfig, model: nn.Module, dataset: TokenDataset, eval
     """The run's log (shown where it writes: rank 0) and its first note; config.json, the run's settings."""
     out_dir = Path(config.out_dir)
     if writes:
-        (out_dir / "config.json").write_text(json.dumps({**vars(config), "n_params": model.num_parameters()},
-                                                        indent=2) + "\n")
+        write_config(config, model.num_parameters())
     log = RunLog(out_dir, config.max_iters, state.step, config.batch_size * config.block_size, config.log_interval,
                  {split: chars_per_target(dataset.tokenizer, batches) for split, batches in eval_batches.items()},
                  config.quiet, shown=writes)
@@ -233,6 +234,32 @@ def model_and_optimizer(run: Run, config: TrainConfig, vocab_size: int,
     if config.device != "cpu":  # dropout's masks on a GPU: a stream per rank from here (see dropout_seed)
         nanograd.manual_seed(dropout_seed(config.seed, state.step, world.rank))
     return model, optimizer, state
+
+
+def fit_the_budget(config: TrainConfig, state: TrainState, log: RunLog, world: distributed.World,
+                   n_params: int) -> TrainConfig:
+    """--time-budget: the steps that fit, from this session's timed steps and evaluations. Every
+    rank takes the mean of every rank's times, so all choose the same length; it is said, and
+    kept as max_iters (a resumed run goes on to it)."""
+    timed = [time.perf_counter() - state.started, *log.step_seconds]  # this session's, and its steps'
+    session_seconds, *step_seconds = (seconds / world.size for seconds in world.sum(timed))
+    step_s = statistics.median(step_seconds[FIRST_STEPS_LEFT_OUT:])
+    eval_s = (session_seconds - sum(step_seconds)) / log.evaluations
+    seconds_left = config.time_budget - state.elapsed_s - session_seconds
+    max_iters = steps_that_fit(seconds_left, state.step, step_s, eval_s, config.eval_interval)
+    log.note(f"--time-budget {config.time_budget:g}: {max_iters} steps (a step takes {1000 * step_s:.1f} ms, an "
+             f"evaluation {eval_s:.1f} s); --max-iters {max_iters} repeats this run")
+    log.set_steps(max_iters)
+    config = dataclasses.replace(config, max_iters=max_iters, time_budget=None)
+    if world.rank == 0:
+        write_config(config, n_params)
+    return config
+
+
+def write_config(config: TrainConfig, n_params: int) -> None:
+    """config.json: the run's settings, as they stand."""
+    (Path(config.out_dir) / "config.json").write_text(json.dumps({**vars(config), "n_params": n_params},
+                                                                 indent=2) + "\n")
 
 
 def evaluation_due(config: TrainConfig, state: TrainState) -> bool:
@@ -338,6 +365,15 @@ def save(path: Path, model: nn.Module, optimizer: optim.AdamW, config: TrainConf
         except OSError as exc:
             raise UserError(f"could not write {path} ({exc.strerror or exc}); "
                             "the checkpoint there before, if any, is intact") from None
+
+
+def interrupted(model: nn.Module, optimizer: optim.AdamW, config: TrainConfig, tokenizer: Tokenizer,
+                state: TrainState, writes: bool) -> Interrupted:
+    """Save the run as it stands, and say where."""
+    path = checkpoint_path(config.out_dir)
+    save(path, model, optimizer, config, tokenizer, state, writes)
+    return Interrupted(f"interrupted: saved step {state.step} to {path} (continue with --resume --out-dir "
+                       f"{config.out_dir})")
 
 
 def diverged(what: str, config: TrainConfig) -> Diverged:
