@@ -8,6 +8,7 @@ as nanoGPT's train.py prints; the evaluations in any case; with --quiet, the eva
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -70,6 +71,11 @@ class RunLog:
         if self.bar is not None:
             self.bar.total = steps
             self.bar.refresh()
+
+    def record_settings(self, settings: dict[str, Any]) -> None:
+        """config.json: the run's settings, as they stand."""
+        if self.shown:
+            (self.out_dir / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
     def note(self, message: str) -> None:
         """A line about the run (not shown with --quiet)."""

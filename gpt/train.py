@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import statistics
@@ -204,13 +203,12 @@ def load_data(config: TrainConfig, tokenizer: Tokenizer) -> tuple[TokenDataset, 
 
 def start_log(config: TrainConfig, model: nn.Module, dataset: TokenDataset, eval_batches: dict[str, list],
               state: TrainState, writes: bool) -> RunLog:
-    """The run's log (shown where it writes: rank 0) and its first note; config.json, the run's settings."""
+    """The run's log (kept where it writes: rank 0), config.json and its first note."""
     out_dir = Path(config.out_dir)
-    if writes:
-        write_config(config, model.num_parameters())
     log = RunLog(out_dir, config.max_iters, state.step, config.batch_size * config.block_size, config.log_interval,
                  {split: chars_per_target(dataset.tokenizer, batches) for split, batches in eval_batches.items()},
                  config.quiet, shown=writes)
+    log.record_settings({**vars(config), "n_params": model.num_parameters()})
     if state.step:
         log.note(f"resuming {checkpoint_path(out_dir)} at step {state.step}")
     log.note(f"{config.model}: {model.num_parameters():,} parameters, vocabulary {dataset.vocab_size}, "
@@ -249,17 +247,10 @@ def fit_the_budget(config: TrainConfig, state: TrainState, log: RunLog, world: d
     max_iters = steps_that_fit(seconds_left, state.step, step_s, eval_s, config.eval_interval)
     log.note(f"--time-budget {config.time_budget:g}: {max_iters} steps (a step takes {1000 * step_s:.1f} ms, an "
              f"evaluation {eval_s:.1f} s); --max-iters {max_iters} repeats this run")
-    log.set_steps(max_iters)
     config = dataclasses.replace(config, max_iters=max_iters, time_budget=None)
-    if world.rank == 0:
-        write_config(config, n_params)
+    log.set_steps(max_iters)
+    log.record_settings({**vars(config), "n_params": n_params})
     return config
-
-
-def write_config(config: TrainConfig, n_params: int) -> None:
-    """config.json: the run's settings, as they stand."""
-    (Path(config.out_dir) / "config.json").write_text(json.dumps({**vars(config), "n_params": n_params},
-                                                                 indent=2) + "\n")
 
 
 def evaluation_due(config: TrainConfig, state: TrainState) -> bool:
