@@ -9,6 +9,7 @@ warm-up, whose rates do not depend on that length.
 from __future__ import annotations
 
 import math
+import statistics
 
 from .errors import RunStops
 
@@ -23,6 +24,15 @@ def measured_steps(decay_lr: bool, warmup_iters: int, lr_decay_iters: int | None
     if not decay_lr or lr_decay_iters:  # (the rates do not depend on the run's length)
         return MEASURED_STEPS
     return min(MEASURED_STEPS, warmup_iters)
+
+
+def step_and_evaluation_seconds(step_seconds: list[float], session_seconds: float,
+                                evaluations: int) -> tuple[float, float]:
+    """What a step and an evaluation take, from a session's first steps (each step's seconds)
+    and its time so far: the median step, the first ones left out; the time that was not in
+    steps, shared among the evaluations (the loop's other work, checkpoints included)."""
+    step_s = statistics.median(step_seconds[FIRST_STEPS_LEFT_OUT:] or step_seconds)
+    return step_s, (session_seconds - sum(step_seconds)) / max(evaluations, 1)
 
 
 def steps_that_fit(seconds_left: float, step: int, step_seconds: float, eval_seconds: float, eval_interval: int) -> int:

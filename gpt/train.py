@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ import nanograd
 from nanograd import backend, distributed, nn, no_grad, optim
 
 from . import sampling
-from .budget import FIRST_STEPS_LEFT_OUT, steps_that_fit
+from .budget import step_and_evaluation_seconds, steps_that_fit
 from .checkpoint import (
     SavedRun,
     TrainState,
@@ -241,8 +240,7 @@ def fit_the_budget(config: TrainConfig, state: TrainState, log: RunLog, world: d
     kept as max_iters (a resumed run goes on to it)."""
     timed = [time.perf_counter() - state.started, *log.step_seconds]  # this session's, and its steps'
     session_seconds, *step_seconds = (seconds / world.size for seconds in world.sum(timed))
-    step_s = statistics.median(step_seconds[FIRST_STEPS_LEFT_OUT:])
-    eval_s = (session_seconds - sum(step_seconds)) / log.evaluations
+    step_s, eval_s = step_and_evaluation_seconds(step_seconds, session_seconds, log.evaluations)
     seconds_left = config.time_budget - state.elapsed_s - session_seconds
     max_iters = steps_that_fit(seconds_left, state.step, step_s, eval_s, config.eval_interval)
     log.note(f"--time-budget {config.time_budget:g}: {max_iters} steps (a step takes {1000 * step_s:.1f} ms, an "
