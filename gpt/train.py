@@ -105,7 +105,7 @@ def open_run(argv: list[str], world: distributed.World, held: contextlib.ExitSta
     config = resolve(args, saved=vars(resumed.config) if resumed else None)
     kept_from = path if resumed and args.device is None else None  # a resumed run keeps its device
     config = dataclasses.replace(config, device=check_device(config.device, kept_from))
-    launched = distributed.launched_by_mpi()  # by hand, or by this command (start_ranks)
+    launched = distributed.launched_by_mpi()  # by hand, or by this command itself (main)
     processes, on_this_machine = (world.size, world.local_size) if launched else (config.data_parallel_workers(),) * 2
     if processes > 1 and not launched and distributed.find_mpiexec() is None:
         print(NO_MPI, file=sys.stderr)
