@@ -82,4 +82,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     world = distributed.world()  # (of one, unless mpiexec started this process)
-    sys.exit(exit_status(main, rank=world.rank, ranks=world.size))
+    sys.exit(exit_status(main, world=world))

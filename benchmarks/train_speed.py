@@ -47,12 +47,11 @@ from common import (  # noqa: E402
 )
 
 import nanograd  # noqa: E402
-from gpt import ranks  # noqa: E402
 from gpt.config import PRESETS, TrainConfig, build_model  # noqa: E402
 from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.memory import check_memory, memory_lower_bound  # noqa: E402
-from gpt.train import parameter_groups, train_step  # noqa: E402
-from nanograd import backend, distributed, optim  # noqa: E402
+from gpt.train import NO_MPI, parameter_groups, train_step  # noqa: E402
+from nanograd import distributed, optim  # noqa: E402
 from nanograd.distributed import World  # noqa: E402
 
 VOCAB = 65  # tiny shakespeare's characters; the batches are random ids, speed does not care
@@ -93,9 +92,6 @@ def random_batch(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
 def nanograd_trainer(config: TrainConfig, world: World) -> tuple[Any, Step]:
     """(model, one training step) for nanograd on config.device: gpt.train's own train_step, on
     this rank's share of the batch."""
-    if config.device == "cpu":  # a one-line refusal, as gpt.train gives, rather than filling the memory
-        ranks.together(world, lambda: check_memory(
-            memory_lower_bound(config, VOCAB, training=True, processes=world.local_size), "training this model"))
     nanograd.manual_seed(0)
     model = build_model(config, VOCAB).to(config.device)
     # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
@@ -275,22 +271,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep:
         return sweep(args, argv)
     workers = config.data_parallel_workers()
-    if not distributed.launched_by_mpi() and args.memory_child != "torch" and workers > 1:
-        mpiexec = ranks.find_mpiexec()
+    if not distributed.launched_by_mpi() and args.memory_child != "torch":
+        if config.device == "cpu":  # a one-line refusal, as gpt.train gives, rather than filling the memory
+            check_memory(memory_lower_bound(config, VOCAB, training=True, processes=workers), "training this model")
+        mpiexec = distributed.find_mpiexec() if workers > 1 else None
         if mpiexec is not None:  # this command again, as `workers` ranks (as gpt.train starts itself)
-            raise SystemExit(ranks.run_under_mpiexec(mpiexec, workers, [sys.executable, __file__, *argv],
-                                                     "the measurement did not finish"))
-        print(ranks.NO_MPI, file=sys.stderr)
+            raise SystemExit(distributed.run_as_ranks(mpiexec, workers, [sys.executable, __file__, *argv]))
+        if workers > 1:
+            print(NO_MPI, file=sys.stderr)
     world = distributed.world()
     if args.memory_child:
-        limit_blas_threads(world)
+        world.share_the_machine(config.device)
         return memory_child(config, args.memory_child, args.steps, args.torch_counts, world)
 
     # rank 0 measures the machine's peak and sets PyTorch up with every core, the others waiting
     args.threads = blas_threads()
     torch = None if args.no_torch or world.rank != 0 else setup_torch(args.device)
     peak = world.broadcast(matmul_peak_flops(args.device) if world.rank == 0 else None)
-    limit_blas_threads(world)
+    world.share_the_machine(args.device)
     if not args.json and world.rank == 0:
         print(f"float32 matmul peak: {peak / 1e9:.0f} GFLOP/s on {args.device}, BLAS threads: {args.threads}"
               + (f", nanograd processes: {world.size}" if world.size > 1 else "")
@@ -305,12 +303,6 @@ def main(argv: list[str] | None = None) -> None:
         print_row(rows)
         if torch is not None:
             print("ratio: nanograd tokens/s / torch tokens/s (above 1: nanograd is faster)")
-
-
-def limit_blas_threads(world: World) -> None:
-    """As gpt.train does: the ranks that share a machine share its cores."""
-    if world.local_size > 1:
-        backend.limit_blas_threads(max(1, backend.blas_threads() // world.local_size))
 
 
 def sweep(args: argparse.Namespace, argv: list[str]) -> None:
@@ -338,4 +330,4 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> None:
 
 if __name__ == "__main__":
     world = distributed.world()  # (of one, unless mpiexec started this process)
-    sys.exit(exit_status(main, rank=world.rank, ranks=world.size))  # a bad flag or file: one line, exit 2 (gpt.errors)
+    sys.exit(exit_status(main, world=world))  # a bad flag or file: one line, exit 2 (gpt.errors)

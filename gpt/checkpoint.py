@@ -1,5 +1,6 @@
 """Checkpoints: one .npz file holding named arrays plus a JSON metadata blob, never pickle;
-and a training run's checkpoint in that file: its model, optimizer, settings and tokenizer.
+and a training run's checkpoint in that file: its model, optimizer, settings, tokenizer and
+where it stands (TrainState).
 
 The metadata is stored inside the archive (as the UTF-8 bytes of its JSON, a uint8 array
 under META_KEY), so a checkpoint is a single file. It is written under a temporary name in
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import time
 import warnings
 import zipfile
 import zlib
@@ -144,15 +147,72 @@ def checkpoint_path(out_dir: str | Path, best: bool = False) -> Path:
     return Path(out_dir) / ("best.npz" if best else "ckpt.npz")
 
 
-def save_run(path: Path, model: nn.Module, optimizer: optim.AdamW, config: TrainConfig,
-             tokenizer: Tokenizer, state: dict[str, Any]) -> None:
-    """Weights, optimizer moments, config, tokenizer and training state in one .npz (no pickle)."""
+@dataclasses.dataclass
+class TrainState:
+    """Where a training run stands, besides its weights and its optimizer's moments."""
+
+    batch_rng: np.random.Generator  # the batches still to come: every rank draws the same ones
+    step: int = 0
+    evaluated_step: int = -1  # the last step evaluated (-1: none yet)
+    best_val_loss: float = math.inf
+    clipped_steps: int = 0  # steps whose gradient norm was above grad_clip
+    elapsed_s: float = 0.0  # the run's wall time over its earlier sessions
+    started: float = dataclasses.field(default_factory=time.perf_counter)  # this session's start (not saved)
+
+    def elapsed(self) -> float:
+        """The run's wall time so far, over all its sessions."""
+        return self.elapsed_s + time.perf_counter() - self.started
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"step": self.step, "evaluated_step": self.evaluated_step, "best_val_loss": self.best_val_loss,
+                "clipped_steps": self.clipped_steps, "elapsed_s": self.elapsed(),
+                "batch_rng": rng_state_to_json(self.batch_rng)}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> TrainState:
+        """The state that to_meta saved; a ValueError where a number is not what a run writes."""
+        for key in ("step", "clipped_steps"):
+            if type(meta[key]) is not int or meta[key] < 0:
+                raise ValueError(f"{key} {meta[key]!r} is not a whole number >= 0")
+        if type(meta["evaluated_step"]) is not int or not -1 <= meta["evaluated_step"] <= meta["step"]:
+            raise ValueError(f"evaluated_step {meta['evaluated_step']!r} is not a step of the run")
+        for key in ("best_val_loss", "elapsed_s"):  # (best_val_loss is inf before any evaluation)
+            if type(meta[key]) not in (int, float) or not meta[key] >= 0:
+                raise ValueError(f"{key} {meta[key]!r} is not a number >= 0")
+        return cls(rng_from_json(meta["batch_rng"]), meta["step"], meta["evaluated_step"], meta["best_val_loss"],
+                   meta["clipped_steps"], meta["elapsed_s"])
+
+
+def run_checkpoint(model: nn.Module, optimizer: optim.AdamW, settings: dict[str, Any], tokenizer: Tokenizer,
+                   state: TrainState) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays (weights, optimizer moments) and metadata (settings: the TrainConfig's fields,
+    tokenizer, training state) of a run's checkpoint, for save_checkpoint."""
     opt_state = optimizer.state_dict()
-    meta = {"format": 1, "config": dataclasses.asdict(config), "tokenizer": tokenizer.to_json(),
-            "optimizer_t": opt_state.pop("t"), **state}
+    meta = {"format": 1, "config": settings, "tokenizer": tokenizer.to_json(),
+            "optimizer_t": opt_state.pop("t"), **state.to_meta()}
     arrays = {**{f"model.{k}": v for k, v in model.state_dict().items()},
               **{f"optim.{k}": v for k, v in opt_state.items()}}
-    save_checkpoint(path, arrays, meta)
+    return arrays, meta
+
+
+def not_finite(arrays: dict[str, np.ndarray]) -> list[str]:
+    """The names of the arrays that hold a NaN or an infinity."""
+    return [name for name, value in arrays.items() if not np.isfinite(value).all()]
+
+
+def resume_training(saved: SavedRun, optimizer: optim.AdamW, path: Path) -> TrainState:
+    """Load a checkpoint's optimizer moments into optimizer and return its training state; a
+    one-line UserError where either is unusable."""
+    meta = saved.meta
+    try:
+        if type(meta["optimizer_t"]) is not int or meta["optimizer_t"] < 0:
+            raise ValueError(f"optimizer_t {meta['optimizer_t']!r} is not a whole number >= 0")
+        optimizer.load_state_dict({"t": meta["optimizer_t"], **{
+            name[len("optim."):]: value for name, value in saved.arrays.items() if name.startswith("optim.")}})
+        return TrainState.from_meta(meta)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} holds no usable training state to resume from (missing or bad: {exc}); "
+                        "it can still be sampled from") from None
 
 
 class SavedRun(NamedTuple):
@@ -169,7 +229,7 @@ def load_run(path: Path, device: str = "cpu", resuming: bool = False) -> SavedRu
     can be done instead: use the run's other checkpoint where that one is intact, or (resuming)
     start over."""
     try:
-        return _load_run(path, device)
+        return _load_run(path, device, resuming)
     except DamagedCheckpoint as exc:
         raise DamagedCheckpoint(f"{exc}; {_way_forward(Path(path), resuming)}") from None
 
@@ -179,7 +239,7 @@ def _way_forward(damaged: Path, resuming: bool) -> str:
     best = damaged.name == checkpoint_path(damaged.parent, best=True).name
     other = checkpoint_path(damaged.parent, best=not best)
     try:
-        step = _load_run(other, "cpu").meta.get("step")
+        step = _load_run(other, "cpu", resuming).meta.get("step")
     except UserError:  # missing or damaged too
         return "start the run over with --overwrite" if resuming else "its run has no other usable checkpoint"
     intact = f"{other} (step {step}) is intact"
@@ -188,7 +248,7 @@ def _way_forward(damaged: Path, resuming: bool) -> str:
     return f"{intact}: sample from it {'without' if best else 'with'} --best"
 
 
-def _load_run(path: Path, device: str) -> SavedRun:
+def _load_run(path: Path, device: str, resuming: bool) -> SavedRun:
     arrays, meta = load_checkpoint(path)
     try:
         config = config_from(dict(meta["config"]))
@@ -202,7 +262,11 @@ def _load_run(path: Path, device: str) -> SavedRun:
         model.load_state_dict(weights)
     except (KeyError, ValueError) as exc:
         raise DamagedCheckpoint(f"checkpoint {path} does not match its model configuration: {exc}") from None
-    if not all(np.isfinite(w).all() for w in weights.values()):  # gpt.train never saves such weights
+    if not_finite(weights):  # gpt.train never saves such arrays
         raise DamagedCheckpoint(f"checkpoint {path} holds weights that are not finite (NaN or inf): it cannot be used")
+    moments = not_finite({name: value for name, value in arrays.items() if name.startswith("optim.")})
+    if resuming and moments:
+        raise DamagedCheckpoint(f"checkpoint {path} holds optimizer moments that are not finite ({moments[0]}): "
+                                "it cannot be resumed, but it can be sampled from")
     model.to(device)
     return SavedRun(model, config, tokenizer, meta, arrays)

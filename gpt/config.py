@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanograd import backend, distributed, nn
-from nanograd.distributed import World
+from nanograd import backend, nn
 
 from .bigram import BigramLanguageModel
 from .bpe import MAX_VOCAB_SIZE, N_BYTES
+from .budget import FIRST_STEPS_LEFT_OUT, measured_steps
 from .data import check_val_fraction
 from .errors import UserError
 from .model import GPT, GPTConfig
@@ -67,6 +67,9 @@ class TrainConfig:
                 "before the update: the same update in less memory"})
     # optimisation
     max_iters: int = field(default=2000, metadata={"help": "training steps"})
+    time_budget: float | None = field(default=None, metadata={
+        "help": "seconds for the whole run, evaluations included: it times its first steps and evaluations, "
+                "then takes as many steps as fit, and says how many (--max-iters N repeats it)"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     min_lr: float = field(default=1e-4, metadata={"help": "learning rate at the end of the cosine decay"})
     warmup_iters: int = field(default=100, metadata={"help": "linear warm-up steps"})
@@ -82,21 +85,24 @@ class TrainConfig:
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, batches and dropout"})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'"})
     workers: int | None = field(default=None, metadata={
-        "help": "CPU processes (MPI ranks) to start, each training on a share of the batch (default: one per "
+        "help": "CPU processes to start, each training on a share of the batch (default: one per "
                 "core, fewer for small steps; one for the bigram and on a GPU); under mpiexec, its -n decides"})
     out_dir: str = field(default="out", metadata={"help": "directory for checkpoints and logs"})
     resume: bool = field(default=False, metadata={"help": "continue the run saved in out_dir"})
     overwrite: bool = field(default=False, metadata={
         "help": "start a new run in an out_dir that holds one (its checkpoints are replaced)"})
     sample_tokens: int = field(default=300, metadata={"help": "characters sampled at the end (0: none)"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bar (for logs)"})
+    quiet: bool = field(default=False, metadata={"help": "print the evaluations and nothing else"})
+    log_interval: int = field(default=100, metadata={
+        "help": "steps between the lines that say the loss and the speed, where the output is not a terminal "
+                "(on a terminal a progress bar says them)"})
 
     def validate(self) -> None:
         for name in (f.name for f in dataclasses.fields(self) if f.type in ("int", "int | None")):
             value = getattr(self, name)  # (a checkpoint's JSON could hold 64.0 or "64")
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
-        positive = ("block_size", "batch_size", "grad_accum", "eval_interval", "eval_iters")
+        positive = ("block_size", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -107,6 +113,8 @@ class TrainConfig:
         for name in ("max_iters", "warmup_iters", "sample_tokens", "seed"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.time_budget is not None:
+            self._check_time_budget()
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -120,8 +128,22 @@ class TrainConfig:
         if self.model == "gpt":  # GPTConfig checks the model's sizes; any vocabulary stands in for the text's
             self.model_config(vocab_size=1)
 
+    def _check_time_budget(self) -> None:
+        if isinstance(self.time_budget, bool) or not isinstance(self.time_budget, numbers.Real) or not (
+                math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise UserError(f"--time-budget must be a number of seconds above 0, got {self.time_budget!r}")
+        if self.steps_to_time() < FIRST_STEPS_LEFT_OUT + 3:
+            raise UserError(f"--time-budget times the run's first steps during the warm-up, whose learning rates do "
+                            f"not depend on the run's length: give --warmup-iters {FIRST_STEPS_LEFT_OUT + 3} or more "
+                            "(or --lr-decay-iters, or --no-decay-lr)")
+
+    def steps_to_time(self) -> int:
+        """How many of its first steps a run with a --time-budget times before it chooses its
+        length (gpt.budget); 0 without a budget."""
+        return measured_steps(self.decay_lr, self.warmup_iters, self.lr_decay_iters) if self.time_budget else 0
+
     def data_parallel_workers(self) -> int:
-        """How many processes `python -m gpt.train` starts (under mpiexec, gpt.ranks), each on a
+        """How many processes `python -m gpt.train` starts (under mpiexec, nanograd.distributed.run_as_ranks), each on a
         share of every batch: --workers if given, else one per core (per BLAS thread), as long as
 
         - each process's share keeps at least MIN_ACTIVATIONS_PER_WORKER activations (B T C /
@@ -180,12 +202,20 @@ def _flag_type(tp: Any):
     return args[0] if args else tp
 
 
+class FlagParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (a value of the wrong type, an unknown flag) are a
+    one-line UserError like every other bad flag, instead of the usage and a line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """One flag per TrainConfig field (--batch-size for batch_size); booleans get --no-X too.
 
     Defaults are None so that only the flags actually given override the preset.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = FlagParser(prog=prog, description=description)
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -205,12 +235,14 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> TrainConfig:
     """dataclass defaults <- preset <- the saved config when resuming <- flags given."""
     given = {k: v for k, v in vars(args).items() if v is not None}
+    if "time_budget" in given and "max_iters" in given:
+        raise UserError("--time-budget chooses the number of steps, and --max-iters gives it: give one")
     preset = given.get("preset", (saved or {}).get("preset", "baby"))
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}: choose from {', '.join(PRESETS)}")
     # how this invocation shows its progress and how many processes it runs on are not part of
-    # the run: --quiet and --workers are not kept
-    saved_settings = {k: v for k, v in (saved or {}).items() if k not in ("quiet", "workers")}
+    # the run: --quiet, --log-interval and --workers are not kept
+    saved_settings = {k: v for k, v in (saved or {}).items() if k not in ("quiet", "log_interval", "workers")}
     values = {**PRESETS[preset], **saved_settings, **given, "preset": preset}
     if saved is not None:
         if given.get("preset", preset) != saved.get("preset", preset):
@@ -239,24 +271,33 @@ def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
     return GPT(config.model_config(vocab_size))
 
 
-def check_device(device: str) -> str:
+def check_device(device: str, kept_from: Path | None = None) -> str:
     """The device's normalised name ('cuda:0' -> 'cuda'), or a UserError where it is unknown
-    or missing on this machine."""
+    or missing on this machine. kept_from: the checkpoint of a resumed run, which keeps the
+    device it was trained on unless --device says otherwise."""
     try:
         return backend.check_device(device)
     except (ValueError, RuntimeError) as exc:
-        raise UserError(str(exc)) from None
+        if kept_from is None:
+            raise UserError(str(exc)) from None
+        raise UserError(f"the run in {kept_from} was trained with --device {device}, which it keeps: {exc}; "
+                        "add --device cpu to go on on the CPU") from None
 
 
-def check_run_settings(config: TrainConfig, world: World) -> str:
-    """The settings that only this machine and these processes can judge; returns the device."""
+def check_run_settings(config: TrainConfig, processes: int, started_by_mpiexec: bool) -> None:
+    """The settings that only this machine and this number of processes can judge."""
     out_dir = Path(config.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out-dir {out_dir} is a file, not a directory")
-    if distributed.launched_by_mpi() and config.workers not in (None, world.size):
+    if started_by_mpiexec and config.workers not in (None, processes):
         raise UserError(f"--workers {config.workers} asks for {config.workers} processes, and mpiexec started "
-                        f"{world.size}: leave --workers out under mpiexec")
-    if world.size > config.batch_size:
-        raise UserError(f"{world.size} processes cannot share batches of {config.batch_size}: each needs a "
+                        f"{processes}: leave --workers out under mpiexec")
+    if processes > config.batch_size:
+        raise UserError(f"{processes} processes cannot share batches of {config.batch_size}: each needs a "
                         "sequence at least (a larger --batch-size, or fewer processes)")
-    return check_device(config.device)
+    share = config.batch_size // processes  # sequences of a batch that the smallest share holds
+    if config.grad_accum > share:
+        raise UserError(f"--grad-accum {config.grad_accum} cuts each process's share of a batch ({share} "
+                        f"sequence{'s' if share > 1 else ''} of {config.batch_size}, on {processes} process"
+                        f"{'es' if processes > 1 else ''}) into more micro-batches than it has sequences: "
+                        f"at most --grad-accum {share}")

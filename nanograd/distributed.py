@@ -13,14 +13,21 @@ whole batch before backward, so the sum is the gradient of the whole batch's mea
 however the batch was split.
 
 A process that an MPI launcher (mpiexec, srun) did not start is a world of one rank: every
-call here then does nothing, and mpi4py is not imported at all.
+call here then does nothing, and mpi4py is not imported at all. run_as_ranks starts a command
+as several ranks under mpiexec, for a program that starts itself that way.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -58,6 +65,14 @@ class World:
             self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
             local.Free()
 
+    def share_the_machine(self, device: str) -> None:
+        """Give this rank its share of the machine it runs on: the cores, shared out among the
+        ranks there as BLAS threads, and on a machine with several GPUs, the GPU of its local rank."""
+        if self.local_size > 1:
+            backend.limit_blas_threads(max(1, backend.blas_threads() // self.local_size))
+            if device == "cuda":
+                backend.use_cuda_device(self.local_rank)
+
     def all_reduce_gradients(self, params: Iterable[Parameter]) -> None:
         """Sum every parameter's .grad over the ranks, in place: afterwards each rank holds the
         same sums. One MPI Allreduce per dtype, on one flat buffer of all the gradients. A
@@ -83,15 +98,15 @@ class World:
                 p.grad = flat[start : start + p.size].reshape(p.shape) if ranks_with_grad else None
                 start += p.size
 
-    def sum(self, value: float) -> float:
-        """value summed over the ranks (in float64)."""
+    def sum(self, value: float | Sequence[float]) -> Any:
+        """value (a number, or several in one message) summed over the ranks, in float64."""
         if self.size == 1:
             return value
         from mpi4py import MPI
 
-        total = np.array([value], np.float64)
+        total = np.array(value, np.float64)
         self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
-        return float(total[0])
+        return total.tolist()
 
     def any(self, flag: bool) -> bool:
         """Whether flag is true on any rank: the ranks decide together (to stop, say)."""
@@ -105,6 +120,15 @@ class World:
         """Every rank's value, in rank order, on every rank."""
         return [value] if self.size == 1 else self.comm.allgather(value)
 
+    def abort(self, status: int) -> None:
+        """End every rank of the job now, from this one (MPI_Abort): for a failure on this rank
+        alone, which would leave the others waiting for it forever in their next collective call."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.size > 1:
+            self.comm.Abort(status)
+        os._exit(status)
+
     def barrier(self) -> None:
         """Wait until every rank gets here, asleep between looks: MPI's own Barrier keeps a
         core busy while it waits, which a rank still at work (or another program) may need."""
@@ -112,6 +136,31 @@ class World:
             arrived = self.comm.Ibarrier()
             while not arrived.Test():
                 time.sleep(BARRIER_POLL_S)
+
+
+def find_mpiexec() -> str | None:
+    """The mpiexec that starts ranks of the MPI that mpi4py loads, or None without mpi4py or an
+    mpiexec. The mpich wheel installs mpiexec beside this Python (a virtual environment's bin/)
+    and the MPI library in that environment's lib/, where mpi4py looks first; a system MPI's
+    mpiexec is found on the PATH."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return None
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def run_as_ranks(mpiexec: str, processes: int, command: list[str], env: Mapping[str, str] | None = None) -> int:
+    """Run command as `processes` ranks under mpiexec, its output passed through as it is, and
+    return mpiexec's exit status. mpiexec runs in a session of its own, so that a Ctrl-C at the
+    terminal reaches it once, from here (it passes it on to every rank), not twice (which it
+    would take as a request to kill them)."""
+    process = subprocess.Popen([mpiexec, "-n", str(processes), *command], stdin=subprocess.DEVNULL,
+                               env=env, start_new_session=True)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: process.send_signal(signal.SIGINT))
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def world() -> World:

@@ -48,7 +48,7 @@ def test_train_speed_runs_nanograd_on_several_processes_as_the_trainer_does():
 
 
 def test_allreduce_speed_checks_the_sums_then_times_them():
-    from gpt.ranks import find_mpiexec
+    from nanograd.distributed import find_mpiexec
 
     if find_mpiexec() is None:
         pytest.skip("needs mpi4py and an mpiexec (pip install mpi4py mpich)")

@@ -406,7 +406,7 @@ def test_a_sample_of_bytes_that_are_no_character_prints_without_a_traceback(corp
 
     monkeypatch.setattr(sampling, "generate", bytes_of_a_lone_surrogate)
     args = ["--data", corpus, "--out-dir", tmp_path / "run", "--tokenizer", "bpe", "--vocab-size", "300",
-            "--max-iters", "1", *TINY]
+            "--max-iters", "1", *TINY, "--no-quiet"]  # (--quiet prints no sample)
     args[args.index("--sample-tokens") + 1] = "5"
     assert train.main([str(a) for a in args]) == 0
     assert capsys.readouterr().out.endswith("\n\ufffd\ufffd\ufffdaa\n")

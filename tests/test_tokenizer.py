@@ -82,7 +82,8 @@ def test_bad_json_is_a_user_error(text):
 
 @pytest.mark.parametrize("module, not_imported", [
     ("gpt.checkpoint", "gpt.prepare"),  # a checkpoint's tokenizer needs none of the corpus pipeline
-    ("gpt.bookkeeping", "gpt.prepare"),
+    ("gpt.runlog", "gpt.prepare"),  # nor does what a run shows and records
+    ("gpt.sample", "gpt.prepare"),  # nor sampling a run
     ("gpt.bpe", "gpt.chars"),  # nor does one tokenizer need the other
     ("gpt.chars", "gpt.bpe"),
 ])

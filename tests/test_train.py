@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import select
 import signal
 import subprocess
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 
 import nanograd
-from gpt import bookkeeping, memory, sample, train
-from gpt.checkpoint import load_checkpoint, load_run, save_checkpoint
+from gpt import memory, sample, train
+from gpt.checkpoint import TrainState, load_checkpoint, load_run, save_checkpoint
 from gpt.config import TrainConfig, build_model
 from gpt.errors import UserError
+from gpt.runlog import TERMINAL_COLUMNS, RunLog
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
@@ -52,13 +54,14 @@ def test_bigram_preset_learns_shakespeare(shakespeare, tmp_path):
 def test_run_writes_its_files_and_a_sample(text_file, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--data", text_file, "--out-dir", out, "--max-iters", "6", "--eval-interval", "3", *TINY]
-    args[args.index("--sample-tokens") + 1] = "20"
-    assert run_train(*args) == 0
+    assert run_train(*args, "--no-quiet", "--sample-tokens", "20") == 0  # (the last of a flag given twice counts)
     assert [r["step"] for r in read_metrics(out)] == [0, 3, 6]
     assert (out / "ckpt.npz").exists() and (out / "best.npz").exists()
     printed = capsys.readouterr()
     assert "parameters" in printed.out + printed.err
-    sample = printed.out.split("done: ", 1)[1].split("\n", 1)[1]  # what follows the last log line
+    done = printed.out.split("done: ", 1)[1]
+    assert done.startswith("6 steps in ") and " tokens/s in training steps), val loss " in done.split("\n", 1)[0]
+    sample = done.split("\n", 1)[1]  # what follows the last log line
     assert len(sample) == 1 + 20 + 1 and set(sample) <= set(text_file.read_text())  # prompt "\n", 20, print's "\n"
     try:
         import matplotlib  # noqa: F401
@@ -157,6 +160,10 @@ def test_sampler_is_seeded_and_stops(text_file, tmp_path, capsys):
     (["--seed", "-1"], "--seed must be 0 or more"),
     (["--lr-decay-iters", "-5"], "--lr-decay-iters must be 0 or more"),
     (["--resume", "--overwrite"], "give one"),
+    (["--vocab-size", "abc"], "argument --vocab-size: invalid int value: 'abc' (see python -m gpt.train --help)"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--grad-accum", "13", "--workers", "1"], "--grad-accum 13 cuts each process's share of a batch (12 sequences "
+     "of 12, on 1 process) into more micro-batches than it has sequences: at most --grad-accum 12"),
 ])
 def test_bad_flags_get_one_line_errors(text_file, tmp_path, capsys, args, message):
     assert run_train("--data", text_file, "--out-dir", tmp_path / "x", "--quiet", *args) == 2
@@ -204,26 +211,30 @@ def test_a_failed_save_leaves_the_last_checkpoint_and_resume_evaluates_that_step
     out = tmp_path / "run"
     common = ["--data", text_file, "--out-dir", out, "--eval-interval", "2", *TINY]
     assert run_train(*common, "--max-iters", "2") == 0
-    real_save_run = bookkeeping.save_run
+    real_save_checkpoint = train.save_checkpoint
 
     def disk_full(path, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(bookkeeping, "save_run", disk_full)
+    monkeypatch.setattr(train, "save_checkpoint", disk_full)
     capsys.readouterr()
     assert run_train("--out-dir", out, "--resume", "--max-iters", "4", "--quiet") == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: could not write {out / 'best.npz'} (No space left on device); " \
                   "the checkpoint there before, if any, is intact"
     assert load_checkpoint(out / "ckpt.npz")[1]["step"] == 2 and read_metrics(out)[-1]["step"] == 4
-    monkeypatch.setattr(bookkeeping, "save_run", real_save_run)
+    monkeypatch.setattr(train, "save_checkpoint", real_save_checkpoint)
     assert run_train("--out-dir", out, "--resume", "--max-iters", "6") == 0
     assert [r["step"] for r in read_metrics(out)] == [0, 2, 4, 6]
 
 
 def test_a_metrics_line_cut_short_by_a_crash_is_dropped_on_resume(text_file, tmp_path):
+    """A crash while the row of step 4 is written: its checkpoint, saved after the row, is not."""
     out = tmp_path / "run"
-    assert run_train("--data", text_file, "--out-dir", out, "--eval-interval", "2", "--max-iters", "4", *TINY) == 0
+    assert run_train("--data", text_file, "--out-dir", out, "--eval-interval", "2", "--max-iters", "2", *TINY) == 0
+    step_2 = (out / "ckpt.npz").read_bytes()
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "4") == 0
+    (out / "ckpt.npz").write_bytes(step_2)
     metrics = out / "metrics.jsonl"
     metrics.write_text(metrics.read_text()[:-20])  # the row of step 4 cut short
     assert run_train("--out-dir", out, "--resume", "--max-iters", "6") == 0  # (plots loss.png from every row)
@@ -281,10 +292,10 @@ def test_a_run_trained_on_a_device_this_machine_lacks_says_how_to_go_on(text_fil
 
     def cuda_missing(device: str) -> str:
         if device != "cpu":
-            raise UserError(f"--device {device} is not available: no GPU here")
+            raise RuntimeError(f"--device {device} is not available: no GPU here")
         return device
 
-    monkeypatch.setattr(train, "check_device", cuda_missing)
+    monkeypatch.setattr(nanograd.backend, "check_device", cuda_missing)
     capsys.readouterr()
     assert run_train("--out-dir", out, "--resume", "--max-iters", "2") == 2
     err = capsys.readouterr().err.strip()
@@ -297,7 +308,7 @@ def test_quiet_belongs_to_one_invocation_not_to_the_run(text_file, tmp_path, cap
     assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0  # TINY is --quiet
     capsys.readouterr()
     assert run_train("--out-dir", out, "--resume", "--max-iters", "3") == 0
-    assert "resuming" in capsys.readouterr().err  # beside a progress bar, on stderr: not quiet any more
+    assert "resuming" in capsys.readouterr().out  # not quiet any more
     assert json.loads((out / "config.json").read_text())["quiet"] is False
 
 
@@ -463,31 +474,75 @@ def test_diverging_loss_stops_with_the_last_good_checkpoint(text_file, tmp_path,
     assert meta["step"] == 0  # the evaluation at step 0 wrote it; nothing after overwrote it
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_a_loss_that_diverges_at_an_evaluation_is_not_saved(text_file, tmp_path, capsys):
+def test_a_loss_that_is_not_finite_at_an_evaluation_is_not_saved(text_file, tmp_path, capsys, monkeypatch):
+    """The val loss of the evaluation at step 4 is nan (put there, not left to how a CPU rounds)."""
+    estimate_loss = train.estimate_loss
+    evaluations = iter(range(100))
+
+    def nan_at_the_third(*args, **kwargs):
+        loss = estimate_loss(*args, **kwargs)
+        return math.nan if next(evaluations) == 5 else loss  # 0-1: step 0, 2-3: step 2, 5: step 4's val
+
+    monkeypatch.setattr(train, "estimate_loss", nan_at_the_third)
     out = tmp_path / "run"
-    code = run_train("--data", text_file, "--out-dir", out, "--max-iters", "200", "--eval-interval", "1",
-                     "--lr", "1000", "--warmup-iters", "0", "--no-decay-lr", "--grad-clip", "0", *TINY)
-    assert code == 2
-    assert "became nan" in capsys.readouterr().err
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "8", "--eval-interval", "2", *TINY) == 2
+    assert capsys.readouterr().err.strip().startswith("error: the val loss became nan at step 4; the last good "
+                                                      f"checkpoint is {out / 'ckpt.npz'}")
+    assert load_checkpoint(out / "ckpt.npz")[1]["step"] == 2 and [r["step"] for r in read_metrics(out)] == [0, 2]
+
+
+def test_a_checkpoint_is_written_only_when_every_array_in_it_is_finite(text_file, tmp_path, capsys, monkeypatch):
+    """At step 3 one of AdamW's second moments becomes inf (as a gradient of norm 1e20, squared,
+    overflows float32; put there, not left to how a CPU rounds) while the loss and the weights stay
+    finite: the evaluation at step 4 saves nothing, and the run stops with step 2's checkpoint."""
+    step = train.train_step
+
+    def overflow_at_step_3(model, optimizer, *args, **kwargs):
+        result = step(model, optimizer, *args, **kwargs)
+        if optimizer.t == 3:
+            optimizer.flat[0][1].v[-1] = np.inf
+        return result
+
+    monkeypatch.setattr(train, "train_step", overflow_at_step_3)
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "8", "--eval-interval", "2", *TINY) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: the optimizer's moments stopped being finite by step 4 (optim.group0.v); the last good checkpoint is ")
     arrays, meta = load_checkpoint(out / "ckpt.npz")
-    rows = read_metrics(out)
-    assert meta["step"] == rows[-1]["step"] and math.isfinite(rows[-1]["val_loss"])  # the last finite one
-    assert all(np.isfinite(a).all() for a in arrays.values())
+    assert meta["step"] == 2 and not train.not_finite(arrays) and [r["step"] for r in read_metrics(out)] == [0, 2, 4]
+    assert not train.not_finite(load_checkpoint(out / "best.npz")[0])
 
 
-def test_weights_that_are_no_longer_finite_are_never_saved(tmp_path):
+def test_a_checkpoint_whose_optimizer_moments_are_not_finite_samples_but_does_not_resume(text_file, tmp_path,
+                                                                                          capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "2", *TINY) == 0
+    (out / "best.npz").unlink()
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    arrays["optim.group0.v"].flat[3] = np.inf
+    save_checkpoint(out / "ckpt.npz", arrays, meta)
+    capsys.readouterr()
+    assert run_train("--out-dir", out, "--resume", "--max-iters", "4") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: checkpoint {out / 'ckpt.npz'} holds optimizer moments that are not finite (optim.group0.v): it "
+        "cannot be resumed, but it can be sampled from; start the run over with --overwrite")
+    assert sample.main(["--out-dir", str(out), "--max-new-tokens", "5"]) == 0
+
+
+def test_weights_that_are_no_longer_finite_are_never_saved(tmp_path, capsys, monkeypatch):
     from gpt.bigram import BigramLanguageModel
 
     corpus = tmp_path / "text.txt"
     corpus.write_text("abc" * 300 + "Q")  # Q comes last: never an input, so its row never reaches a loss
     model = BigramLanguageModel(4)
     model.token_embedding_table.weight.data[0] = np.nan  # Q's row (Q sorts first)
-    config = TrainConfig(model="bigram", data=str(corpus), out_dir=str(tmp_path / "run"), max_iters=0,
-                             batch_size=4, block_size=8, eval_iters=2, sample_tokens=0, quiet=True, workers=1)
-    with pytest.raises(UserError, match="weights stopped being finite by step 0; no checkpoint was written"):
-        train.train(config, model=model)
-    assert not (tmp_path / "run" / "ckpt.npz").exists() and not (tmp_path / "run" / "best.npz").exists()
+    monkeypatch.setattr(train, "build_model", lambda config, vocab_size: model)
+    out = tmp_path / "run"
+    assert run_train("--preset", "bigram", "--data", corpus, "--out-dir", out, "--max-iters", "0", "--batch-size",
+                     "4", "--eval-iters", "2", "--sample-tokens", "0", "--quiet") == 2
+    assert capsys.readouterr().err.startswith("error: the weights stopped being finite by step 0 "
+                                              "(model.token_embedding_table.weight); no checkpoint was written")
+    assert not (out / "ckpt.npz").exists() and not (out / "best.npz").exists()
 
 
 def test_a_new_run_does_not_replace_an_earlier_one(text_file, tmp_path, capsys):
@@ -615,9 +670,10 @@ def test_ctrl_c_saves_and_resume_continues(text_file, tmp_path):
 
 
 def _start_training(out: Path, text_file: Path, *args: str) -> subprocess.Popen:
+    """gpt.train in a process of its own, showing a progress bar as on a terminal 80 wide."""
     cmd = [sys.executable, "-m", "gpt.train", "--data", str(text_file), "--out-dir", str(out), *TINY, *args]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", TERMINAL_COLUMNS: "80"})
 
 
 def test_two_runs_started_at_once_in_one_new_out_dir_one_is_refused_and_the_other_is_whole(text_file, tmp_path):
@@ -717,3 +773,54 @@ def test_ctrl_c_during_an_evaluation_stops_it_at_once_and_saves(text_file, tmp_p
     assert read_metrics(out) == []  # the evaluation was cut short: resuming does it again
     assert run_train("--out-dir", out, "--resume", "--eval-iters", "2") == 0
     assert [r["step"] for r in read_metrics(out)] == [0, 5, 10]
+
+
+def test_resuming_a_finished_run_says_so_in_one_line_and_changes_no_file(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "4", "--eval-interval", "2", *TINY) == 0
+    before = {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in out.iterdir()}
+    capsys.readouterr()
+    assert run_train("--out-dir", out, "--resume", "--grad-accum", "2", "--sample-tokens", "20", "--no-quiet") == 0
+    printed = capsys.readouterr()
+    assert printed.err == "" and printed.out == (f"the run in {out} is finished: it took its 4 steps (--max-iters 4) "
+                                                 "and was evaluated there; a larger --max-iters trains it on\n")
+    assert {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in out.iterdir()} == before
+
+
+def test_where_output_is_no_terminal_a_line_gives_the_loss_and_speed_every_log_interval(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "7", "--eval-interval", "7", *TINY,
+                     "--no-quiet", "--log-interval", "3") == 0
+    lines = capsys.readouterr().out.splitlines()
+    log_line = re.compile(r"step \d+: loss \d\.\d{4}, \d+\.\d ms/step, [\d,]+ tokens/s")
+    logged = [line for line in lines if log_line.fullmatch(line)]
+    assert [line.split(":")[0] for line in logged] == ["step 3", "step 6"]
+    done = next(line for line in lines if line.startswith("done: "))
+    assert re.match(r"done: 7 steps in \d+\.\ds \([\d,]+ tokens/s in training steps\), val loss \d\.\d{4}; ", done)
+
+
+def test_quiet_prints_the_evaluations_and_nothing_else(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train("--data", text_file, "--out-dir", out, "--max-iters", "4", "--eval-interval", "2", *TINY,
+                     "--log-interval", "1", "--sample-tokens", "10") == 0  # TINY is --quiet
+    printed = capsys.readouterr()
+    assert printed.err == "" and [line.split(":")[0] for line in printed.out.splitlines()] == ["step 0", "step 2",
+                                                                                                 "step 4"]
+    assert all(" train loss " in line for line in printed.out.splitlines())
+
+
+def test_the_bars_speed_and_time_left_count_training_steps_alone(tmp_path, monkeypatch):
+    """An evaluation (here half a second asleep) between two steps counts for neither the bar's
+    rate nor its time left, which come from the training steps alone."""
+    monkeypatch.setenv(TERMINAL_COLUMNS, "80")  # as on a terminal 80 wide
+    state = TrainState(np.random.default_rng(0))
+    with RunLog(tmp_path, 1000, 0, 768, 100, {"train": 1.0, "val": 1.0}, quiet=False, shown=True) as log:
+        for _ in range(2):
+            time.sleep(0.5)  # an evaluation
+            log.evaluation(state, {"train": 1.0, "val": 1.0}, math.nan, 1e-3)
+            for _ in range(5):
+                state.step += 1
+                log.step(state, 1.0, 1.0, 0.001)
+        shown = log.bar.format_dict
+        assert shown["elapsed"] < 0.4 and shown["n"] == 10
+        assert "evaluating" not in str(shown["postfix"])
