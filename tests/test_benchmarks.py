@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO / "benchmarks"
 
 
 def import_benchmark(name: str):
@@ -25,8 +27,9 @@ def import_benchmark(name: str):
 
 
 def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    # this tree's gpt and nanograd, not whichever copy is installed (a script's folder is benchmarks/)
     return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_train_speed_prints_one_json_object_per_implementation():
