@@ -95,7 +95,8 @@ def nanograd_trainer(config: TrainConfig, world: World) -> tuple[Any, Step]:
     nanograd.manual_seed(0)
     model = build_model(config, VOCAB).to(config.device)
     # created after .to(): AdamW takes the parameters' arrays over into one flat buffer
-    opt = optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
+    opt = optim.AdamW(parameter_groups(model.parameters(), config.weight_decay), lr=config.lr,
+                      betas=(config.beta1, config.beta2))
     x, y = random_batch(config)
 
     def step() -> None:

@@ -43,7 +43,7 @@ def check_tokenizer_settings(tokenizer: str, vocab_size: int | None, val_fractio
 @dataclass
 class TrainConfig:
     preset: str = field(default="baby", metadata={
-        "help": "named configuration the other flags override: baby (default), bigram or video"})
+        "help": "named configuration the other flags override: baby (default), bigram, video or speedrun"})
     # model
     model: str = field(default="gpt", metadata={"help": "'gpt' or 'bigram'"})
     n_layer: int = field(default=4, metadata={"help": "transformer blocks"})
@@ -52,6 +52,8 @@ class TrainConfig:
     dropout: float = field(default=0.0, metadata={"help": "dropout probability while training"})
     bias: bool = field(default=False, metadata={"help": "biases in Linear layers and LayerNorms"})
     tie_weights: bool = field(default=True, metadata={"help": "share token embedding and output head"})
+    rotary: bool = field(default=False, metadata={
+        "help": "rotary position embeddings (RoFormer) in attention, instead of learned position embeddings"})
     reference: bool = field(default=False, metadata={
         "help": "the lecture's attention, LayerNorm, GELU and bigram loss, written from Tensor ops, instead of "
                 "the fused ops: slower, the same numbers (dropout draws other masks; gpt/model.py, gpt/bigram.py)"})
@@ -79,9 +81,18 @@ class TrainConfig:
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     beta2: float = field(default=0.99, metadata={"help": "AdamW beta2"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)"})
+    optimizer: str = field(default="adamw", metadata={
+        "help": "'adamw', or 'muon': Muon for the blocks' 2-D weights and AdamW (--lr, --weight-decay) for "
+                "the embeddings and 1-D parameters (nanograd/optim.py)"})
+    muon_lr: float = field(default=0.02, metadata={
+        "help": "Muon's peak learning rate (the schedule scales it as it scales --lr)"})
+    muon_momentum: float = field(default=0.95, metadata={"help": "Muon's momentum"})
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "Muon's decoupled weight decay"})
     # evaluation and output
     eval_interval: int = field(default=250, metadata={"help": "steps between evaluations"})
     eval_iters: int = field(default=200, metadata={"help": "batches per loss estimate"})
+    eval_all_val: bool = field(default=False, metadata={
+        "help": "the last evaluation's val loss over the whole val split, not eval_iters random batches"})
     seed: int = field(default=1337, metadata={"help": "seed for initialisation, batches and dropout"})
     device: str = field(default="cpu", metadata={"help": "'cpu' or 'cuda'"})
     workers: int | None = field(default=None, metadata={
@@ -115,13 +126,17 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.time_budget is not None:
             self._check_time_budget()
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "muon_lr", "muon_weight_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"--{name.replace('_', '-')} must be a number >= 0, got {value}")
         if self.model not in ("gpt", "bigram"):
             raise UserError(f"--model must be 'gpt' or 'bigram', got {self.model!r}")
-        for name in ("beta1", "beta2"):
+        if self.optimizer not in ("adamw", "muon"):
+            raise UserError(f"--optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.model != "gpt":
+            raise UserError("--optimizer muon updates the GPT's blocks: the bigram has none (use adamw)")
+        for name in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         check_tokenizer_settings(self.tokenizer, self.vocab_size, self.val_fraction)
@@ -168,14 +183,15 @@ class TrainConfig:
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                         tie_weights=self.tie_weights, fused=not self.reference)
+                         tie_weights=self.tie_weights, fused=not self.reference, rotary=self.rotary)
 
 
 MIN_ACTIVATIONS_PER_WORKER = 8 * 1024  # see TrainConfig.data_parallel_workers
 MAX_SLICE_IMBALANCE = 4 / 3  # the largest slice may hold a third more than an even share (2 + 1)
 
 # Fields that fix the shape of the model: a checkpoint only loads into the same values.
-MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights", "tokenizer", "vocab_size")
+MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights", "rotary", "tokenizer",
+                "vocab_size", "optimizer")  # (and the optimizer, whose state the checkpoint holds)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The lecture's bigram.py: batch 32, block 8, 3000 steps of AdamW at 1e-2 (PyTorch's
@@ -193,6 +209,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                   max_iters=5000, lr=3e-4, decay_lr=False, warmup_iters=0, weight_decay=0.01,
                   beta2=0.999, grad_clip=0.0, dropout=0.2, bias=True, tie_weights=False,
                   eval_interval=500, eval_iters=200),
+    # The best val bits per character found for 300 s on a 2-core CPU (benchmarks/RESULTS.md,
+    # docs/09-five-minutes.md): the baby's shape on BPE 1024 tokens, rotary embeddings, Muon
+    # for the matrices, stronger weight decay, the learning rate decayed to 0, and evaluations
+    # only at the end, over the whole val split. Run it with --time-budget SECONDS.
+    "speedrun": dict(model="gpt", n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
+                     tokenizer="bpe", vocab_size=1024, rotary=True, optimizer="muon", muon_lr=0.03,
+                     muon_momentum=0.95, muon_weight_decay=0.05, max_iters=3905, lr=3e-3, min_lr=0.0,
+                     warmup_iters=100, beta2=0.99, weight_decay=0.3, grad_clip=1.0, dropout=0.0, bias=False,
+                     tie_weights=True, eval_interval=100000, eval_iters=20, eval_all_val=True),
 }
 
 

@@ -126,6 +126,18 @@ class TokenDataset:
         rng = np.random.default_rng(seed)
         return [self.get_batch(split, batch_size, block_size, rng) for _ in range(n)]
 
+    def whole_split_batches(self, split: str, batch_size: int, block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The whole split as consecutive chunks of T + 1 tokens, each starting where the last
+        one's targets ended (every token after the first is a target once), B chunks to a batch
+        (the last batch may hold fewer; the tail shorter than a chunk is left out): an
+        evaluation over all of it, not over a draw."""
+        self._check_chunk_fits(split, block_size, "use a longer text")
+        data = self.split(split)
+        starts = np.arange((len(data) - 1) // block_size) * block_size  # (N,)
+        chunks = data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64)  # (N, T + 1)
+        return [(chunks[i : i + batch_size, :-1], chunks[i : i + batch_size, 1:])
+                for i in range(0, len(chunks), batch_size)]
+
 
 class CharDataset(TokenDataset):
     """A text in memory as character ids, split into train (the first 1 - val_fraction of the

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from nanograd import backend, ops
+from nanograd.ops.rotary import rotary_tables, rotate
 
 
 def _layer_norm(x: Any, ln: Any) -> Any:
@@ -62,10 +63,16 @@ class KVCache:
             self.k, self.v = xp.empty(shape, t.wte.weight.dtype), xp.empty(shape, t.wte.weight.dtype)
         ids = xp.asarray(ids)
         past, end = self.length, self.length + T
-        x = t.wte.weight.data[ids] + t.wpe.weight.data[past:end]  # (B, T, C)
+        x = t.wte.weight.data[ids]  # (B, T, C)
+        if cfg.rotary:  # the angles of positions past to end in the window
+            cos, sin = (table[past:end] for table in rotary_tables(xp, cfg.block_size, hs, x.dtype))  # (T, hs/2)
+        else:
+            x = x + t.wpe.weight.data[past:end]
         for layer, block in enumerate(t.h):
             qkv = _linear(_layer_norm(x, block.ln_1), block.attn.c_attn)  # (B, T, 3C)
             q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # each (B, nh, T, hs)
+            if cfg.rotary:
+                q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             self.k[layer, :, :, past:end], self.v[layer, :, :, past:end] = k, v
             y = ops.ScaledDotProductAttention().forward(
                 q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], is_causal=True)  # (B, nh, T, hs)

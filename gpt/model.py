@@ -14,7 +14,8 @@ import numpy as np
 
 from nanograd import Tensor, nn
 from nanograd import functional as F
-from nanograd.backend import generator
+from nanograd.backend import array_module, generator
+from nanograd.ops.rotary import rotary_tables
 
 from .errors import UserError
 from .kvcache import KVCache
@@ -42,6 +43,10 @@ class GPTConfig:
     # (nanograd/ops/). False: as the lecture writes them, from Tensor ops (the reference: slower,
     # the same numbers, though dropout draws other masks; tests/test_gpt.py checks the two agree).
     fused: bool = True
+    # True: no position embeddings; attention turns each head's queries and keys by angles that
+    # grow with the position (rotary embeddings, RoFormer), so that it sees how far apart two
+    # tokens are (nanograd/ops/rotary.py)
+    rotary: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -51,6 +56,9 @@ class GPTConfig:
             raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rotary and (self.n_embd // self.n_head) % 2:
+            raise UserError(f"rotary embeddings turn pairs of channels: the head size n_embd / n_head "
+                            f"({self.n_embd // self.n_head}) must be even")
 
 
 class CausalSelfAttention(nn.Module):
@@ -58,6 +66,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
         self.fused = config.fused
+        self.rotary = config.rotary
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -69,7 +78,8 @@ class CausalSelfAttention(nn.Module):
         qkv = self.c_attn(x)  # (B, T, 3C): the queries, keys and values of every head at once
         if self.fused:  # the same computation as attend() below, as one op
             dropout_p = self.dropout if self.training else 0.0
-            y = F.self_attention(qkv, self.n_head, is_causal=True, dropout_p=dropout_p)  # (B, T, C)
+            y = F.self_attention(qkv, self.n_head, is_causal=True, dropout_p=dropout_p,
+                                 rotary=self.rotary)  # (B, T, C)
         else:
             y = self.attend(qkv)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
@@ -84,12 +94,23 @@ class CausalSelfAttention(nn.Module):
         q = q.reshape(B, T, nh, hs).transpose(1, 2)
         k = k.reshape(B, T, nh, hs).transpose(1, 2)
         v = v.reshape(B, T, nh, hs).transpose(1, 2)
+        if self.rotary:  # each position's queries and keys turned by its angles
+            cos, sin = rotary_tables(array_module(q.data), T, hs, q.dtype)  # (T, hs/2) each
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T): query t . key s
         att = F.masked_fill(att, ~self.tril[:T, :T], float("-inf"))  # no looking ahead
         att = F.softmax(att, axis=-1)  # (B, nh, T, T): each row a weighting of positions 0..t
         att = self.attn_dropout(att)
         y = att @ v  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs): the weighted values
         return y.transpose(1, 2).reshape(B, T, C)  # heads side by side again: (B, T, C)
+
+
+def rotate(x: Tensor, cos: Any, sin: Any) -> Tensor:
+    """Rotary embeddings as RoFormer writes them, for x (B, nh, T, hs): channel pair i,
+    (x1, x2) = (x[i], x[hs/2 + i]), turned by position t's angle, cos and sin (T, hs/2)."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]  # (B, nh, T, hs/2) each
+    return F.concat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)  # (B, nh, T, hs)
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -148,7 +169,8 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, config: GPTConfig):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embeddings
+        if not config.rotary:  # (rotary embeddings put the positions into attention instead)
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)  # position embeddings
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config)
@@ -184,8 +206,10 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
-        wte, wpe = self.transformer.wte, self.transformer.wpe
-        x = self.transformer.drop(wte(idx) + wpe(np.arange(T)))  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if not self.config.rotary:
+            x = x + self.transformer.wpe(np.arange(T))  # (B, T, C) + (T, C)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)

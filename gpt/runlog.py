@@ -94,10 +94,13 @@ class RunLog:
             self.bar.set_postfix_str(f"evaluating {split} loss: batch {done}/{batches}")
             self.eval_shown_at = time.perf_counter()
 
-    def evaluation(self, state: TrainState, losses: dict[str, float], grad_norm: float, lr: float) -> None:
+    def evaluation(self, state: TrainState, losses: dict[str, float], grad_norm: float, lr: float,
+                   sets: dict[str, str] | None = None) -> None:
         """An evaluation: its line, shown even with --quiet, and its row in metrics.jsonl. Its
-        time counts for neither the bar's speed nor its time left."""
-        bpc = {split: loss / self.chars_per_target[split] / math.log(2) for split, loss in losses.items()}
+        time counts for neither the bar's speed nor its time left. sets: which evaluation
+        batches each split's loss came from (chars_per_target's keys), where not the split's own."""
+        sets = sets or {split: split for split in losses}
+        bpc = {split: loss / self.chars_per_target[sets[split]] / math.log(2) for split, loss in losses.items()}
         row = {"step": state.step, **{f"{split}_loss": loss for split, loss in losses.items()},
                **{f"{split}_bpc": value for split, value in bpc.items()},
                "lr": lr, "grad_norm": None if math.isnan(grad_norm) else grad_norm,
@@ -146,7 +149,7 @@ def chars_per_target(tokenizer: Any, batches: list[tuple[np.ndarray, np.ndarray]
     """The characters that the target tokens of these batches stand for, on average: a BPE
     token stands for several, and a loss per token over it is a loss per character, which
     compares runs with different tokenizers."""
-    return float(np.mean([tokenizer.chars_per_token[y].mean() for _, y in batches]))
+    return float(tokenizer.chars_per_token[np.concatenate([y.reshape(-1) for _, y in batches])].mean())
 
 
 def _bar(steps: int, start: int, columns: int) -> Any:

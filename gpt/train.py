@@ -56,6 +56,8 @@ from .runlog import TERMINAL_COLUMNS, RunLog, chars_per_target, terminal_columns
 from .tokenizer import Tokenizer
 
 SPLITS = ("train", "val")
+TrainOptimizer = optim.AdamW | optim.Optimizers  # AdamW, or Muon and AdamW (make_optimizer)
+WHOLE_VAL = "whole val"  # the evaluation batches that cover the val split (eval_all_val)
 NO_MPI = "note: MPI is not installed (pip install mpi4py mpich): training in one process"
 INTERRUPTED = "interrupted: the last checkpoint written, if any, is intact"
 
@@ -163,10 +165,11 @@ def train(run: Run, world: distributed.World) -> None:
         try:
             while True:
                 if evaluation_due(config, state):
-                    losses = {split: estimate_loss(model, batches, world, config.device, ctrl_c_pressed, log, split)
-                              for split, batches in eval_batches.items()}
+                    sets = evaluation_sets(config, state)  # each split's batches, by name
+                    losses = {split: estimate_loss(model, eval_batches[name], world, config.device, ctrl_c_pressed,
+                                                   log, split) for split, name in sets.items()}
                     check_finite({f"{split} loss": loss for split, loss in losses.items()}, state, config)
-                    log.evaluation(state, losses, grad_norm, lr_at(config, state.step))
+                    log.evaluation(state, losses, grad_norm, lr_at(config, state.step), sets)
                     save_checkpoints(config, state, losses["val"], model, optimizer, run.tokenizer, writes)
                 if state.step >= config.max_iters:
                     break
@@ -194,11 +197,22 @@ def train(run: Run, world: distributed.World) -> None:
 
 def load_data(config: TrainConfig, tokenizer: Tokenizer) -> tuple[TokenDataset, dict[str, list]]:
     """The corpus that the checks tokenized, read from its cache, and the fixed batches that
-    every evaluation estimates each split's loss on."""
+    every evaluation estimates each split's loss on (and with eval_all_val, "whole val": the
+    whole val split, for the last one)."""
     dataset = prepare(config.data, val_fraction=config.val_fraction, saved_tokenizer=tokenizer,
                       show_progress=False).dataset()
-    return dataset, {split: dataset.fixed_batches(split, config.eval_iters, config.batch_size, config.block_size,
-                                                  seed=config.seed + 1) for split in SPLITS}
+    batches = {split: dataset.fixed_batches(split, config.eval_iters, config.batch_size, config.block_size,
+                                            seed=config.seed + 1) for split in SPLITS}
+    if config.eval_all_val:
+        batches[WHOLE_VAL] = dataset.whole_split_batches("val", config.batch_size, config.block_size)
+    return dataset, batches
+
+
+def evaluation_sets(config: TrainConfig, state: TrainState) -> dict[str, str]:
+    """Which batches an evaluation estimates each split's loss on: the fixed ones, and with
+    eval_all_val the whole val split at the last step."""
+    last = config.eval_all_val and state.step >= config.max_iters
+    return {"train": "train", "val": WHOLE_VAL if last else "val"}
 
 
 def start_log(config: TrainConfig, model: nn.Module, dataset: TokenDataset, eval_batches: dict[str, list],
@@ -219,12 +233,12 @@ def start_log(config: TrainConfig, model: nn.Module, dataset: TokenDataset, eval
 
 
 def model_and_optimizer(run: Run, config: TrainConfig, vocab_size: int,
-                        world: distributed.World) -> tuple[nn.Module, optim.AdamW, TrainState]:
+                        world: distributed.World) -> tuple[nn.Module, TrainOptimizer, TrainState]:
     """The model (new, or the checkpoint's) on its device, its optimizer, and the training state."""
     nanograd.manual_seed(config.seed)  # the same initial weights on every rank
     model = run.resumed.model if run.resumed else build_model(config, vocab_size)
     model.to(config.device)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, world)
     if run.resumed is None:
         state = TrainState(np.random.default_rng(config.seed))
     else:
@@ -266,7 +280,7 @@ def check_finite(losses: dict[str, float], state: TrainState, config: TrainConfi
             raise diverged(f"the {name} became {loss} at step {state.step}", config)
 
 
-def train_step(model: Any, optimizer: optim.AdamW, world: distributed.World, x: np.ndarray, y: np.ndarray,
+def train_step(model: Any, optimizer: TrainOptimizer, world: distributed.World, x: np.ndarray, y: np.ndarray,
                config: TrainConfig, device: str, stop: bool = False) -> tuple[float, float, bool]:
     """One update from a batch (B, T): forward and backward on this rank's micro-batches, the
     gradients summed over the ranks, clip, AdamW. Returns the batch's mean loss, the gradient
@@ -307,29 +321,35 @@ def micro_batches(x: np.ndarray, y: np.ndarray, world: distributed.World,
 @no_grad()
 def estimate_loss(model: Any, batches: list[tuple[np.ndarray, np.ndarray]], world: distributed.World, device: str,
                   ctrl_c_pressed: Callable[[], bool], log: RunLog, split: str) -> float:
-    """Mean loss over fixed batches of equal size, in eval mode (no dropout) and with no graph.
+    """Mean loss over fixed batches (of sequences of equal length), in eval mode (no dropout)
+    and with no graph: each batch's mean weighed by its sequences (the last of a whole split
+    may hold fewer).
 
     Each rank takes its share of every batch, as a training step does, and the shares' losses,
-    each weighed by its size, add up over the ranks to the batch's. Ctrl-C rides with them, so
-    an evaluation stops at once (StopRequested), on every rank."""
+    each weighed by its size, add up over the ranks to the batch's (a share may be empty, in a
+    small last batch). Ctrl-C rides with them, so an evaluation stops at once
+    (StopRequested), on every rank."""
     model.eval()
-    total = 0.0  # the batches' mean losses
+    total, sequences = 0.0, 0  # the batches' mean losses, each times its sequences; their count
     try:
         for done, (x, y) in enumerate(batches, start=1):
-            ((x_share, y_share),) = micro_batches(x, y, world, grad_accum=1)  # (B / ranks, T) each
-            loss = model(backend.to_device(x_share, device), backend.to_device(y_share, device))[1].item()
-            batch_loss, stops = world.sum([loss * len(x_share) / len(x), float(ctrl_c_pressed())])
+            loss = 0.0
+            for x_share, y_share in micro_batches(x, y, world, grad_accum=1):  # (B / ranks, T) each, or none
+                loss = model(backend.to_device(x_share, device), backend.to_device(y_share, device))[1].item()
+                loss *= len(x_share) / len(x)
+            batch_loss, stops = world.sum([loss, float(ctrl_c_pressed())])
             if stops:
                 raise StopRequested
-            total += batch_loss
+            total += batch_loss * len(x)
+            sequences += len(x)
             log.evaluating(split, done, len(batches))
     finally:
         model.train()
-    return total / len(batches)
+    return total / sequences
 
 
 def save_checkpoints(config: TrainConfig, state: TrainState, val_loss: float, model: nn.Module,
-                     optimizer: optim.AdamW, tokenizer: Tokenizer, writes: bool) -> None:
+                     optimizer: TrainOptimizer, tokenizer: Tokenizer, writes: bool) -> None:
     """ckpt.npz after every evaluation, and best.npz where the val loss is the lowest yet: a run
     resumed from them goes on without evaluating this step again."""
     state.evaluated_step = state.step
@@ -339,7 +359,7 @@ def save_checkpoints(config: TrainConfig, state: TrainState, val_loss: float, mo
     save(checkpoint_path(config.out_dir), model, optimizer, config, tokenizer, state, writes)
 
 
-def save(path: Path, model: nn.Module, optimizer: optim.AdamW, config: TrainConfig, tokenizer: Tokenizer,
+def save(path: Path, model: nn.Module, optimizer: TrainOptimizer, config: TrainConfig, tokenizer: Tokenizer,
          state: TrainState, writes: bool) -> None:
     """The run as it stands, written where `writes` (rank 0). Only a checkpoint whose every array
     is finite is written: every process checks its own copy (they are the same), so that all
@@ -357,7 +377,7 @@ def save(path: Path, model: nn.Module, optimizer: optim.AdamW, config: TrainConf
                             "the checkpoint there before, if any, is intact") from None
 
 
-def interrupted(model: nn.Module, optimizer: optim.AdamW, config: TrainConfig, tokenizer: Tokenizer,
+def interrupted(model: nn.Module, optimizer: TrainOptimizer, config: TrainConfig, tokenizer: Tokenizer,
                 state: TrainState, writes: bool) -> Interrupted:
     """Save the run as it stands, and say where."""
     path = checkpoint_path(config.out_dir)
@@ -380,14 +400,26 @@ def lr_at(config: TrainConfig, step: int) -> float:
     return optim.cosine_lr(step, config.lr, config.min_lr, config.warmup_iters, decay_iters)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> optim.AdamW:
-    return optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
+def make_optimizer(model: nn.Module, config: TrainConfig,
+                   world: distributed.World | None = None) -> TrainOptimizer:
+    """AdamW for every parameter; or with --optimizer muon, Muon for the blocks' 2-D weights (the
+    hidden layers' matmuls) and AdamW for the rest: the embeddings (the head, when tied) and
+    the 1-D parameters, for which orthogonalizing an update has no meaning."""
+    if config.optimizer == "adamw":
+        params = model.parameters()
+    else:
+        matrices = [p for name, p in model.named_parameters() if name.startswith("transformer.h.") and p.ndim == 2]
+        params = [p for p in model.parameters() if not any(p is m for m in matrices)]
+    adamw = optim.AdamW(parameter_groups(params, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
+    if config.optimizer == "adamw":
+        return adamw
+    return optim.Optimizers(adamw, optim.Muon(matrices, lr=config.muon_lr, momentum=config.muon_momentum,
+                                              weight_decay=config.muon_weight_decay, world=world))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     """Decay 2-D weights (matmuls, embeddings) but not biases and LayerNorm gains (1-D):
     shrinking those towards 0 has no regularising benefit and only fights the normalisation."""
-    params = model.parameters()
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}]

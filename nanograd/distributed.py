@@ -98,6 +98,16 @@ class World:
                 p.grad = flat[start : start + p.size].reshape(p.shape) if ranks_with_grad else None
                 start += p.size
 
+    def all_sum(self, array: Any) -> Any:
+        """array (NumPy or CuPy) summed over the ranks: a new array on its device."""
+        if self.size == 1:
+            return array
+        from mpi4py import MPI
+
+        host = np.ascontiguousarray(backend.to_numpy(array))
+        self.comm.Allreduce(MPI.IN_PLACE, host, op=MPI.SUM)
+        return backend.to_device(host, backend.device_of(array))
+
     def sum(self, value: float | Sequence[float]) -> Any:
         """value (a number, or several in one message) summed over the ranks, in float64."""
         if self.size == 1:

@@ -144,11 +144,16 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, *, d
 
 
 def self_attention(qkv: Tensor, n_head: int, *, dropout_p: float = 0.0, is_causal: bool = False,
-                   rng: Any = None) -> Tensor:
+                   rng: Any = None, rotary: bool = False) -> Tensor:
     """Multi-head attention on a fused projection qkv (B, T, 3C) -> (B, T, C): the same result
     as splitting q, k, v into n_head heads and calling scaled_dot_product_attention (same
-    options), as one op."""
+    options), as one op. rotary: the queries and keys turned by rotary position embeddings
+    first (nanograd/ops/rotary.py), position 0 at the first of the T."""
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
         raise ValueError(f"self_attention: qkv {qkv.shape} is not (B, T, 3C) with C divisible by {n_head} heads")
+    head_size = qkv.shape[-1] // (3 * n_head)
+    if rotary and head_size % 2:
+        raise ValueError(f"self_attention: rotary embeddings need an even head size, got {head_size}")
     rng = _dropout_rng("self_attention", dropout_p, rng, qkv.device)
-    return ops.SelfAttention.apply(qkv, n_head=n_head, is_causal=is_causal, dropout_p=dropout_p, rng=rng)
+    return ops.SelfAttention.apply(qkv, n_head=n_head, is_causal=is_causal, dropout_p=dropout_p, rng=rng,
+                                   rotary=rotary)

@@ -1,4 +1,4 @@
-"""Optimizers (SGD, AdamW), gradient clipping and the cosine learning-rate schedule.
+"""Optimizers (SGD, AdamW, Muon), gradient clipping and the cosine learning-rate schedule.
 
 AdamW keeps each parameter group (of one dtype) in flat arrays: the weights, whose views
 become the parameters' .data, the two moments, the gathered gradient and a scratch buffer.
@@ -202,6 +202,142 @@ def _adamw_update(data, m, v, g, scratch, *, lr, beta1, beta2, eps, wd, t) -> No
     step = xp.divide(m, denom, out=scratch)
     step *= lr / (1 - beta1**t)
     data -= step
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (a, b, c), as torch.optim.Muon's
+NS_EPS = 1e-7
+
+
+def orthogonalize(G: Any, steps: int = 5) -> Any:
+    """Newton-Schulz's approximation of U V^T for each matrix G = U S V^T of a stack (k, m, n):
+    the matrix with G's singular vectors and every singular value near 1 (in about 0.7-1.2
+    after 5 steps, by design of the coefficients: steeper near 0, not exact at 1).
+
+        X = G / ||G||_F                      (every singular value in [0, 1])
+        repeat: A = X X^T,  X = a X + (b A + c A A) X
+
+    Each step maps each singular value s to a s + b s^3 + c s^5. X is the wide way round
+    (m <= n), so that A is the smaller Gram matrix."""
+    xp = backend.array_module(G)
+    a, b, c = NS_COEFFICIENTS
+    tall = G.shape[-2] > G.shape[-1]
+    X = G.swapaxes(-1, -2) if tall else G  # (k, m, n), m <= n
+    X = X / xp.maximum(xp.sqrt((X * X).sum(axis=(-2, -1), keepdims=True)), NS_EPS)
+    for _ in range(steps):
+        A = X @ X.swapaxes(-1, -2)  # (k, m, m)
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X.swapaxes(-1, -2) if tall else X
+
+
+class Muon(Optimizer):
+    """Muon, MomentUm Orthogonalized by Newton-Schulz (Keller Jordan et al., 2024), for the 2-D
+    weights of the hidden layers (embeddings, the head and 1-D parameters stay with AdamW):
+
+        p -= lr * weight_decay * p                                  (decoupled, as AdamW's)
+        b = momentum b + (1 - momentum) g                           (the momentum buffer)
+        u = momentum b + (1 - momentum) g                           (Nesterov: a look ahead)
+        p -= lr * sqrt(max(1, fan_out / fan_in)) * orthogonalize(u)
+
+    The update has every singular value near 1: all directions of the weight move at the same
+    rate, where an averaged gradient is dominated by a few. The sqrt keeps the update's size
+    per element alike for wide and tall matrices. These are torch.optim.Muon's rules
+    (adjust_lr_fn "original"); fan_in and fan_out are a Linear weight's (in, out) shape here.
+
+    The matrices of one shape are orthogonalized together, as one stack (a batched matmul). On
+    several ranks (world: a nanograd.distributed.World) each rank orthogonalizes its share of
+    every stack and one Allreduce sums the shares, zeros elsewhere: the same update everywhere.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0,
+                 ns_steps: int = 5, world: Any = None):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        for p in self.params:
+            if p.ndim != 2:
+                raise ValueError(f"Muon updates 2-D weights only, got a parameter of shape {p.shape}")
+        self.ns_steps, self.world = ns_steps, world
+        self.buffers = [backend.array_module(p.data).zeros_like(p.data) for p in self.params]
+
+    def step(self) -> None:
+        params = self.params
+        settings = [g for g in self.groups for _ in g["params"]]  # each parameter's group
+        with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+        looks_ahead = {}
+        for i in with_grad:
+            momentum, g, b = settings[i]["momentum"], params[i].grad, self.buffers[i]
+            b *= momentum
+            b += (1 - momentum) * g
+            looks_ahead[i] = momentum * b + (1 - momentum) * g
+        for i, update in self._orthogonalized(looks_ahead).items():
+            p, lr, wd = params[i], settings[i]["lr"], settings[i]["weight_decay"]
+            if wd:
+                p.data *= 1 - lr * wd
+            p.data -= (lr * math.sqrt(max(1.0, p.shape[1] / p.shape[0]))) * update
+
+    def _orthogonalized(self, updates: dict[int, Any]) -> dict[int, Any]:
+        """orthogonalize() of each parameter's update, stacked by shape (and shared out over
+        the ranks)."""
+        rank, size = (self.world.rank, self.world.size) if self.world is not None else (0, 1)
+        stacks: dict[tuple, list[int]] = {}
+        for i, u in updates.items():
+            stacks.setdefault((u.shape, u.dtype), []).append(i)
+        result = {}
+        for indices in stacks.values():
+            xp = backend.array_module(updates[indices[0]])
+            stack = xp.stack([updates[i] for i in indices])  # (k, m, n)
+            lo, hi = len(indices) * rank // size, len(indices) * (rank + 1) // size  # this rank's share
+            out = xp.zeros_like(stack)
+            if hi > lo:
+                out[lo:hi] = orthogonalize(stack[lo:hi], self.ns_steps)
+            if size > 1:
+                out = self.world.all_sum(out)
+            result.update(zip(indices, out))
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """The momentum buffers, as NumPy arrays: muon.0, muon.1, ... in the parameters' order."""
+        return {f"muon.{i}": backend.to_numpy(b) for i, b in enumerate(self.buffers)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, b in enumerate(self.buffers):
+            value = state.get(f"muon.{i}")
+            if value is None or value.shape != b.shape:
+                raise ValueError(f"optimizer state muon.{i}: expected a momentum buffer of shape {b.shape}, got "
+                                 f"{'none' if value is None else value.shape}")
+            b[...] = backend.to_device(value, backend.device_of(b))
+
+
+class Optimizers:
+    """Several optimizers stepped as one, each over its own parameters (Muon for the matrices,
+    AdamW for the rest). Setting lr scales every optimizer's learning rate alike: each keeps
+    its own peak, relative to the first one's."""
+
+    def __init__(self, *optimizers: Any):
+        self.optimizers = optimizers
+        self.peaks = [o.lr for o in optimizers]
+
+    @property
+    def lr(self) -> float:
+        return self.optimizers[0].lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for optimizer, peak in zip(self.optimizers, self.peaks):
+            optimizer.lr = value * peak / self.peaks[0] if self.peaks[0] else 0.0
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for optimizer in self.optimizers for k, v in optimizer.state_dict().items()}  # (distinct names)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for optimizer in self.optimizers:
+            optimizer.load_state_dict(state)
 
 
 def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:

@@ -98,7 +98,7 @@ def float64_gpt() -> GPT:
 def one_update(world: World, x, y, grad_accum: int) -> tuple[float, list[np.ndarray]]:
     """The loss and the weights after one train_step of a float64 tiny GPT on batch (x, y)."""
     model = float64_gpt()
-    optimizer = optim.AdamW(train.parameter_groups(model, 0.1), lr=0.1)
+    optimizer = optim.AdamW(train.parameter_groups(model.parameters(), 0.1), lr=0.1)
     config = TrainConfig(grad_accum=grad_accum, grad_clip=1.0)
     loss, _, _ = train.train_step(model, optimizer, world, x, y, config, "cpu")
     return loss, [p.data.copy() for p in model.parameters()]

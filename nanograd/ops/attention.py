@@ -14,6 +14,7 @@ import math
 from ..backend import array_module, device_of
 from ..function import Function
 from .nn import _keep_mask, _row_sum
+from .rotary import rotary_tables, rotate
 
 
 @functools.lru_cache(maxsize=64)  # every layer and step asks for the same few: 3% of a baby rank's step
@@ -159,17 +160,27 @@ class SelfAttention(ScaledDotProductAttention):
         y = attention(q, k, v) (B, nh, T, hs), merged back to (B, T, C)
     As separate graph ops, each of the three slices of qkv would allocate a full (B, T, 3C)
     gradient in its backward; here dq, dk, dv are joined into one (B, T, 3C) array.
+
+    With rotary=True the queries and keys are first turned by their positions' angles
+    (ops/rotary.py), and dq, dk turned back in the backward.
     """
 
-    def forward(self, qkv, n_head, is_causal=False, dropout_p=0.0, rng=None):
-        C = qkv.shape[-1] // 3
+    def forward(self, qkv, n_head, is_causal=False, dropout_p=0.0, rng=None, rotary=False):
+        B, T, C3 = qkv.shape
+        C = C3 // 3
         self.n_head = n_head
         q, k, v = (_split_heads(qkv[..., i * C : (i + 1) * C], n_head) for i in range(3))  # (B, nh, T, hs) each
+        self.rotary = rotary_tables(array_module(qkv), T, C // n_head, qkv.dtype) if rotary else None
+        if self.rotary:
+            q, k = rotate(q, *self.rotary), rotate(k, *self.rotary)
         return _merge_heads(super().forward(q, k, v, is_causal, dropout_p, rng))  # (B, T, C)
 
     def backward(self, dy):
         B, T, C = dy.shape
+        dq, dk, dv = super().backward(_split_heads(dy, self.n_head))  # (B, nh, T, hs) each
+        if self.rotary:
+            dq, dk = rotate(dq, *self.rotary, sign=-1), rotate(dk, *self.rotary, sign=-1)
         dqkv = array_module(dy).empty((B, T, 3 * C), dtype=dy.dtype)
-        for i, d in enumerate(super().backward(_split_heads(dy, self.n_head))):  # dq, dk, dv (B, nh, T, hs)
+        for i, d in enumerate((dq, dk, dv)):
             _split_heads(dqkv[..., i * C : (i + 1) * C], self.n_head)[...] = d  # its third of dqkv
         return (dqkv,)  # (B, T, 3C)
