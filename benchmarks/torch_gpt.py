@@ -14,6 +14,7 @@ from torch import nn
 
 from gpt.model import GPTConfig
 from nanograd import backend
+from nanograd.ops.rotary import rotary_tables
 
 
 class CausalSelfAttention(nn.Module):
@@ -23,14 +24,27 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.rotary = None
+        if config.rotary:  # the angles gpt/model.py uses (nanograd.ops.rotary), (T, hs/2) each
+            tables = rotary_tables(np, config.block_size, config.n_embd // config.n_head, np.float32)
+            self.rotary = tuple(torch.from_numpy(table.copy()) for table in tables)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.rotary is not None:
+            cos, sin = (table[:T].to(x.device) for table in self.rotary)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embeddings, as gpt/model.py's rotate: x (B, nh, T, hs), cos and sin (T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
 class MLP(nn.Module):
@@ -63,7 +77,7 @@ class TorchGPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({} if config.rotary else {"wpe": nn.Embedding(config.block_size, config.n_embd)}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -81,7 +95,10 @@ class TorchGPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         t = self.transformer
-        x = t.drop(t.wte(idx) + t.wpe(torch.arange(idx.shape[1], device=idx.device)))
+        x = t.wte(idx)
+        if not self.config.rotary:
+            x = x + t.wpe(torch.arange(idx.shape[1], device=idx.device))
+        x = t.drop(x)
         for block in t.h:
             x = block(x)
         logits = self.lm_head(t.ln_f(x))

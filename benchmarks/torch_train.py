@@ -3,12 +3,14 @@ wall time.
 
     python benchmarks/torch_train.py                                # the baby preset, 2000 steps
     python benchmarks/torch_train.py --max-iters 200
-    python benchmarks/torch_train.py --tokenizer bpe --vocab-size 1024 --time-budget 300
+    python benchmarks/torch_train.py --preset speedrun --time-budget 300
 
 It takes gpt.train's flags and settles them as gpt.train does (gpt.config): the same corpus,
-tokenizer and split (gpt.prepare), batch sampler and seed, fixed evaluation batches,
-learning-rate schedule, AdamW groups and clipping. The model is benchmarks/torch_gpt.py,
-started from nanograd's own initial weights. With --time-budget it times its first steps and
+tokenizer and split (gpt.prepare), batch sampler and seed, fixed evaluation batches (and the
+whole val split at the end, with --eval-all-val), learning-rate schedule, optimizers (AdamW
+groups; with --optimizer muon, torch.optim.Muon for the blocks' matrices) and clipping. The
+model is benchmarks/torch_gpt.py (rotary embeddings too), started from nanograd's own
+initial weights. With --time-budget it times its first steps and
 evaluations by the rule gpt.train follows (gpt.budget) and takes as many steps as fit in its
 own time. One process, with as many threads as NumPy's BLAS; it prints the evaluations (val
 bits per character too), the steps a budget chose, and the time the run took.
@@ -21,6 +23,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +36,7 @@ from gpt.config import TrainConfig, build_model, build_parser, resolve  # noqa: 
 from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.prepare import prepare  # noqa: E402
 from gpt.runlog import chars_per_target  # noqa: E402
-from gpt.train import SPLITS, lr_at  # noqa: E402
+from gpt.train import SPLITS, WHOLE_VAL, evaluation_sets, last_evaluation_scale, lr_at  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,59 +53,79 @@ def main(argv: list[str] | None = None) -> None:
     nanograd.manual_seed(config.seed)  # nanograd's initial weights, copied into the torch model
     model = TorchGPT(config.model_config(dataset.vocab_size))
     copy_weights(build_model(config, dataset.vocab_size), model)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr,
-                            betas=(config.beta1, config.beta2))
+    optimizers = make_optimizers(torch, model, config)
     batch_rng = np.random.default_rng(config.seed)
     fixed = {split: dataset.fixed_batches(split, config.eval_iters, config.batch_size, config.block_size,
                                           seed=config.seed + 1) for split in SPLITS}
-    chars = {split: chars_per_target(dataset.tokenizer, batches) for split, batches in fixed.items()}
-    evals = {split: [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
-             for split, batches in fixed.items()}
+    if config.eval_all_val:
+        fixed[WHOLE_VAL] = dataset.whole_split_batches("val", config.batch_size, config.block_size)
+    chars = {name: chars_per_target(dataset.tokenizer, batches) for name, batches in fixed.items()}
+    evals = {name: [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches] for name, batches in fixed.items()}
 
-    def estimate(split: str) -> float:
+    def estimate(name: str) -> float:  # each batch's mean loss weighed by its sequences, as gpt.train's
         model.eval()
         with torch.no_grad():
-            loss = float(np.mean([model(x, y).item() for x, y in evals[split]]))
+            losses = [(model(x, y).item(), len(x)) for x, y in evals[name]]
         model.train()
-        return loss
+        return sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
 
     print(f"torch {torch.__version__}, {blas_threads()} threads, {sum(p.numel() for p in model.parameters()):,} "
           f"parameters, vocabulary {dataset.vocab_size}", flush=True)
     started, step_seconds, evaluations, step = time.perf_counter(), [], 0, 0
     while True:
         if step % config.eval_interval == 0 or step == config.max_iters:
-            losses = {split: estimate(split) for split in SPLITS}
+            sets = evaluation_sets(config, step)
+            losses = {split: estimate(name) for split, name in sets.items()}
             evaluations += 1
             print(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                  f"val {losses['val'] / chars['val'] / math.log(2):.3f} bits per character", flush=True)
+                  f"val {losses['val'] / chars[sets['val']] / math.log(2):.3f} bits per character, "
+                  f"{time.perf_counter() - started:.1f} s", flush=True)
         if step >= config.max_iters:
             break
         t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(config, step)
+        for opt, peak in optimizers:  # each optimizer's peak, scaled by the schedule
+            for group in opt.param_groups:
+                group["lr"] = lr_at(config, step) * peak / config.lr
         x, y = dataset.get_batch("train", config.batch_size, config.block_size, batch_rng)
         loss = model(torch.from_numpy(x), torch.from_numpy(y))
-        opt.zero_grad(set_to_none=True)
+        for opt, _ in optimizers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-        opt.step()
+        for opt, _ in optimizers:
+            opt.step()
         step += 1
         step_seconds.append(time.perf_counter() - t0)
         if len(step_seconds) == config.steps_to_time():
-            config = fit_the_budget(config, step, step_seconds, time.perf_counter() - started, evaluations)
+            config = fit_the_budget(config, step, step_seconds, time.perf_counter() - started, evaluations,
+                                    last_evaluation_scale(config, fixed))
     tokens_per_s = config.batch_size * config.block_size * step / sum(step_seconds) if step else math.nan
     print(f"done: {step} steps in {time.perf_counter() - started:.1f}s ({tokens_per_s:,.0f} tokens/s in training "
           "steps)")
 
 
+def make_optimizers(torch: Any, model: Any, config: TrainConfig) -> list[tuple[Any, float]]:
+    """gpt.train.make_optimizer's optimizers in PyTorch, each with its peak learning rate:
+    AdamW (no decay on 1-D parameters), and with --optimizer muon, torch.optim.Muon for the
+    blocks' 2-D weights (whose update rule nanograd.optim.Muon follows)."""
+    matrices = [p for name, p in model.named_parameters() if name.startswith("transformer.h.") and p.dim() == 2]
+    rest = [p for p in model.parameters() if config.optimizer == "adamw" or not any(p is m for m in matrices)]
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
+                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}], lr=config.lr,
+                              betas=(config.beta1, config.beta2))
+    if config.optimizer == "adamw":
+        return [(adamw, config.lr)]
+    muon = torch.optim.Muon(matrices, lr=config.muon_lr, momentum=config.muon_momentum,
+                            weight_decay=config.muon_weight_decay)
+    return [(adamw, config.lr), (muon, config.muon_lr)]
+
+
 def fit_the_budget(config: TrainConfig, step: int, step_seconds: list[float], session_seconds: float,
-                   evaluations: int) -> TrainConfig:
+                   evaluations: int, last_eval_scale: float) -> TrainConfig:
     """--time-budget, by gpt.train's rule (gpt.train.fit_the_budget, in one process)."""
     step_s, eval_s = step_and_evaluation_seconds(step_seconds, session_seconds, evaluations)
-    max_iters = steps_that_fit(config.time_budget - session_seconds, step, step_s, eval_s, config.eval_interval)
+    max_iters = steps_that_fit(config.time_budget - session_seconds, step, step_s, eval_s, config.eval_interval,
+                               last_eval_scale * eval_s)
     print(f"--time-budget {config.time_budget:g}: {max_iters} steps (a step takes {1000 * step_s:.1f} ms, an "
           f"evaluation {eval_s:.1f} s)", flush=True)
     return dataclasses.replace(config, max_iters=max_iters, time_budget=None)

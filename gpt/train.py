@@ -165,7 +165,7 @@ def train(run: Run, world: distributed.World) -> None:
         try:
             while True:
                 if evaluation_due(config, state):
-                    sets = evaluation_sets(config, state)  # each split's batches, by name
+                    sets = evaluation_sets(config, state.step)  # each split's batches, by name
                     losses = {split: estimate_loss(model, eval_batches[name], world, config.device, ctrl_c_pressed,
                                                    log, split) for split, name in sets.items()}
                     check_finite({f"{split} loss": loss for split, loss in losses.items()}, state, config)
@@ -187,7 +187,8 @@ def train(run: Run, world: distributed.World) -> None:
                 if stop:
                     raise StopRequested
                 if log.train_steps == config.steps_to_time():  # --time-budget: as many steps as fit
-                    config = fit_the_budget(config, state, log, world, model.num_parameters())
+                    config = fit_the_budget(config, state, log, world, model.num_parameters(),
+                                            last_evaluation_scale(config, eval_batches))
         except StopRequested:  # Ctrl-C: the model as it stands between two steps, saved
             raise interrupted(model, optimizer, config, run.tokenizer, state, writes) from None
     log.done(state, checkpoint_path(config.out_dir))
@@ -208,11 +209,20 @@ def load_data(config: TrainConfig, tokenizer: Tokenizer) -> tuple[TokenDataset, 
     return dataset, batches
 
 
-def evaluation_sets(config: TrainConfig, state: TrainState) -> dict[str, str]:
-    """Which batches an evaluation estimates each split's loss on: the fixed ones, and with
-    eval_all_val the whole val split at the last step."""
-    last = config.eval_all_val and state.step >= config.max_iters
+def evaluation_sets(config: TrainConfig, step: int) -> dict[str, str]:
+    """Which batches the evaluation at a step estimates each split's loss on: the fixed ones,
+    and with eval_all_val the whole val split at the last step."""
+    last = config.eval_all_val and step >= config.max_iters
     return {"train": "train", "val": WHOLE_VAL if last else "val"}
+
+
+def last_evaluation_scale(config: TrainConfig, eval_batches: dict[str, list]) -> float:
+    """What the last evaluation costs against one along the way: its batches over theirs (more
+    where it covers the whole val split)."""
+    def batches(sets: dict[str, str]) -> int:
+        return sum(len(eval_batches[name]) for name in sets.values())
+
+    return batches(evaluation_sets(config, config.max_iters)) / batches(evaluation_sets(config, -1))
 
 
 def start_log(config: TrainConfig, model: nn.Module, dataset: TokenDataset, eval_batches: dict[str, list],
@@ -249,7 +259,7 @@ def model_and_optimizer(run: Run, config: TrainConfig, vocab_size: int,
 
 
 def fit_the_budget(config: TrainConfig, state: TrainState, log: RunLog, world: distributed.World,
-                   n_params: int) -> TrainConfig:
+                   n_params: int, last_eval_scale: float) -> TrainConfig:
     """--time-budget: the steps that fit, from this session's timed steps and evaluations. Every
     rank takes the mean of every rank's times, so all choose the same length; it is said, and
     kept as max_iters (a resumed run goes on to it)."""
@@ -257,7 +267,8 @@ def fit_the_budget(config: TrainConfig, state: TrainState, log: RunLog, world: d
     session_seconds, *step_seconds = (seconds / world.size for seconds in world.sum(timed))
     step_s, eval_s = step_and_evaluation_seconds(step_seconds, session_seconds, log.evaluations)
     seconds_left = config.time_budget - state.elapsed_s - session_seconds
-    max_iters = steps_that_fit(seconds_left, state.step, step_s, eval_s, config.eval_interval)
+    max_iters = steps_that_fit(seconds_left, state.step, step_s, eval_s, config.eval_interval,
+                               last_eval_scale * eval_s)
     log.note(f"--time-budget {config.time_budget:g}: {max_iters} steps (a step takes {1000 * step_s:.1f} ms, an "
              f"evaluation {eval_s:.1f} s); --max-iters {max_iters} repeats this run")
     config = dataclasses.replace(config, max_iters=max_iters, time_budget=None)

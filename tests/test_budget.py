@@ -39,9 +39,23 @@ def test_the_steps_that_fit_are_the_most_whose_steps_and_evaluations_fit(step, e
     assert seconds(end - step) <= MARGIN * left < seconds(end - step + 1)
 
 
+def test_a_last_evaluation_that_costs_more_leaves_time_for_fewer_steps():
+    """With --eval-all-val the last evaluation covers the whole val split: the steps that fit
+    make room for what it costs, and no more."""
+    step_s, eval_s, left = 0.04, 1.5, 120.0
+    end = steps_that_fit(left, 50, step_s, eval_s, 10**6, last_eval_seconds=6.0)
+    assert (end - 50) * step_s + 6.0 <= MARGIN * left < (end - 50 + 1) * step_s + 6.0
+
+
+def test_the_last_evaluation_is_scaled_by_its_batches():
+    batches = {"train": [0] * 20, "val": [0] * 20, train.WHOLE_VAL: [0] * 64}
+    assert train.last_evaluation_scale(TrainConfig(eval_iters=20), batches) == 1.0
+    assert train.last_evaluation_scale(TrainConfig(eval_iters=20, eval_all_val=True), batches) == (20 + 64) / 40
+
+
 def test_a_budget_that_leaves_no_room_for_a_step_and_the_last_evaluation_stops_the_run():
     with pytest.raises(RunStops, match=r"^the --time-budget is too small: 2\.0s are left at step 50, where a step "
-                                       r"takes 40\.0ms and an evaluation 2\.5s$"):
+                                       r"takes 40\.0ms and the last evaluation 2\.5s$"):
         steps_that_fit(2.0, 50, 0.04, 2.5, 250)
 
 

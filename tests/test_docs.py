@@ -3,10 +3,10 @@
 
 Conventions in the Markdown: a ```bash block holds commands (one per line); a ```output block
 right after it shows what they print (each command's stdout, then its stderr, one command
-after another). `# long` after a command shortens a training run here (--max-iters 20) so
-that it checks the command works without taking minutes; `# exits 2` means the command must
-fail with a one-line error. `pip install` lines are skipped: the test runs in the installed
-project.
+after another). `# long` after a command shortens a training run here (--max-iters 20, in
+place of any --time-budget) so that it checks the command works without taking minutes;
+`# exits 2` means the command must fail with a one-line error. `pip install` lines are
+skipped: the test runs in the installed project.
 
 An output block matches the printed lines (trailing spaces, and blank lines before the first
 and after the last printed line, do not count) when:
@@ -135,7 +135,10 @@ def run_command(line: str, cwd: Path) -> subprocess.CompletedProcess:
     if args[:3] == ["python", "-m", "pip"]:
         return subprocess.CompletedProcess(args, 0, "", "")
     args[0] = sys.executable
-    if "long" in comment:
+    if "long" in comment:  # (a --time-budget chooses the steps that SHORTEN gives: it goes)
+        if "--time-budget" in args:
+            at = args.index("--time-budget")
+            del args[at : at + 2]
         args += SHORTEN
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)

@@ -98,8 +98,9 @@ def test_untrained_loss_is_near_uniform_guess():
     assert abs(loss.item() - math.log(65)) < 0.1
 
 
-def test_kv_cached_and_uncached_generation_agree_within_block(device):
-    model = tiny_gpt(block_size=8).to(device).eval()
+@pytest.mark.parametrize("rotary", [False, True], ids=["learned-positions", "rotary"])
+def test_kv_cached_and_uncached_generation_agree_within_block(device, rotary):
+    model = tiny_gpt(block_size=8, rotary=rotary).to(device).eval()
     cache = model.new_cache()
     idx = random_ids((3, 2), seed=5)
     with no_grad():
@@ -110,12 +111,14 @@ def test_kv_cached_and_uncached_generation_agree_within_block(device):
             idx = np.concatenate([idx, random_ids((3, 1), seed=idx.shape[1])], axis=1)
 
 
-def test_past_the_block_the_cache_restarts_on_the_last_half_block():
+@pytest.mark.parametrize("rotary", [False, True], ids=["learned-positions", "rotary"])
+def test_past_the_block_the_cache_restarts_on_the_last_half_block(rotary):
     """With learned positions the cache cannot slide: when the sequence outgrows the block it
     starts again from the last block // 2 tokens and grows back to a full block. At every
-    length its logits are those of the full model run on that window (kvcache.KVCache)."""
+    length its logits are those of the full model run on that window (kvcache.KVCache).
+    Rotary embeddings take the window's positions from 0, as the full model does."""
     block = 8
-    model = tiny_gpt(block_size=block).eval()
+    model = tiny_gpt(block_size=block, rotary=rotary).eval()
     cache = model.new_cache()
     idx = random_ids((2, 1), seed=8)
     start = 0  # where the cache's window begins
