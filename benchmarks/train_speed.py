@@ -100,7 +100,7 @@ def nanograd_trainer(config: TrainConfig, world: World) -> tuple[Any, Step]:
     x, y = random_batch(config)
 
     def step() -> None:
-        train_step(model, opt, world, x, y, config, config.device)
+        train_step(model, opt, world, x, y, config)
 
     return model, step
 

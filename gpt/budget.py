@@ -13,9 +13,11 @@ import statistics
 
 from .errors import RunStops
 
-MEASURED_STEPS = 50  # the most steps timed before the run's length is chosen
+MEASURED_STEPS = 100  # the most steps timed before the run's length is chosen
 FIRST_STEPS_LEFT_OUT = 2  # slower than the rest (the first allocations, cold caches): not timed
-MARGIN = 0.97  # of the time left: the steps' speed wanders a little between the measure and the end
+# Of the time left: the steps' speed wanders between the measure and the end (on this
+# project's shared 2-core VM, later steps ran up to 7% slower than the first 50; RESULTS.md).
+MARGIN = 0.95
 
 
 def measured_steps(decay_lr: bool, warmup_iters: int, lr_decay_iters: int | None) -> int:

@@ -1,10 +1,11 @@
-"""Train a GPT (or the lecture's bigram) on a text:  python -m gpt.train [--preset baby|bigram|video] [flags]
+"""Train a GPT (or the lecture's bigram) on a text:  python -m gpt.train [--preset NAME] [flags]
 
 The file reads as nanoGPT's train.py: the settings, the data, the model and the optimizer,
 then the loop. Each step draws a batch of (context, next token) pairs, computes the loss,
-backpropagates, sums the gradients over the processes, clips them and takes an AdamW step.
-Every eval_interval steps the loop estimates the train and val loss on fixed batches, logs
-them to metrics.jsonl and saves a checkpoint (ckpt.npz, and best.npz at the lowest val loss).
+backpropagates, sums the gradients over the processes, clips them and takes an optimizer
+step (AdamW; or Muon for the matrices and AdamW for the rest). Every eval_interval steps
+the loop estimates the train and val loss on fixed batches, logs them to metrics.jsonl and
+saves a checkpoint (ckpt.npz, and best.npz at the lowest val loss).
 
 Data parallelism: where a second process pays (TrainConfig.data_parallel_workers), the run
 starts itself again as MPI ranks under mpiexec. Each rank holds the whole model and computes
@@ -178,8 +179,7 @@ def train(run: Run, world: distributed.World) -> None:
                 if config.dropout and config.device == "cpu":  # its masks: a stream per step and rank (dropout_seed)
                     nanograd.manual_seed(dropout_seed(config.seed, state.step, world.rank))
                 x, y = dataset.get_batch("train", config.batch_size, config.block_size, state.batch_rng)  # (B, T) each
-                loss, grad_norm, stop = train_step(model, optimizer, world, x, y, config, config.device,
-                                                   ctrl_c_pressed())
+                loss, grad_norm, stop = train_step(model, optimizer, world, x, y, config, ctrl_c_pressed())
                 check_finite({"loss": loss}, state, config)
                 state.step += 1
                 state.clipped_steps += bool(config.grad_clip and grad_norm > config.grad_clip)
@@ -187,8 +187,7 @@ def train(run: Run, world: distributed.World) -> None:
                 if stop:
                     raise StopRequested
                 if log.train_steps == config.steps_to_time():  # --time-budget: as many steps as fit
-                    config = fit_the_budget(config, state, log, world, model.num_parameters(),
-                                            last_evaluation_scale(config, eval_batches))
+                    config = fit_the_budget(config, state, log, world, model.num_parameters(), eval_batches)
         except StopRequested:  # Ctrl-C: the model as it stands between two steps, saved
             raise interrupted(model, optimizer, config, run.tokenizer, state, writes) from None
     log.done(state, checkpoint_path(config.out_dir))
@@ -259,7 +258,7 @@ def model_and_optimizer(run: Run, config: TrainConfig, vocab_size: int,
 
 
 def fit_the_budget(config: TrainConfig, state: TrainState, log: RunLog, world: distributed.World,
-                   n_params: int, last_eval_scale: float) -> TrainConfig:
+                   n_params: int, eval_batches: dict[str, list]) -> TrainConfig:
     """--time-budget: the steps that fit, from this session's timed steps and evaluations. Every
     rank takes the mean of every rank's times, so all choose the same length; it is said, and
     kept as max_iters (a resumed run goes on to it)."""
@@ -268,7 +267,7 @@ def fit_the_budget(config: TrainConfig, state: TrainState, log: RunLog, world: d
     step_s, eval_s = step_and_evaluation_seconds(step_seconds, session_seconds, log.evaluations)
     seconds_left = config.time_budget - state.elapsed_s - session_seconds
     max_iters = steps_that_fit(seconds_left, state.step, step_s, eval_s, config.eval_interval,
-                               last_eval_scale * eval_s)
+                               last_evaluation_scale(config, eval_batches) * eval_s)
     log.note(f"--time-budget {config.time_budget:g}: {max_iters} steps (a step takes {1000 * step_s:.1f} ms, an "
              f"evaluation {eval_s:.1f} s); --max-iters {max_iters} repeats this run")
     config = dataclasses.replace(config, max_iters=max_iters, time_budget=None)
@@ -292,11 +291,11 @@ def check_finite(losses: dict[str, float], state: TrainState, config: TrainConfi
 
 
 def train_step(model: Any, optimizer: TrainOptimizer, world: distributed.World, x: np.ndarray, y: np.ndarray,
-               config: TrainConfig, device: str, stop: bool = False) -> tuple[float, float, bool]:
+               config: TrainConfig, stop: bool = False) -> tuple[float, float, bool]:
     """One update from a batch (B, T): forward and backward on this rank's micro-batches, the
-    gradients summed over the ranks, clip, AdamW. Returns the batch's mean loss, the gradient
-    norm before clipping, and whether any rank asks to stop after this step (`stop`: Ctrl-C
-    on this one, which rides with the loss to the others).
+    gradients summed over the ranks, clip, the optimizer's step. Returns the batch's mean
+    loss, the gradient norm before clipping, and whether any rank asks to stop after this
+    step (`stop`: Ctrl-C on this one, which rides with the loss to the others).
 
     Each micro-batch's loss is scaled by its share of the whole batch, so that the gradients
     add up to the gradient of the batch's mean loss, however it was split: over ranks or into
@@ -305,7 +304,7 @@ def train_step(model: Any, optimizer: TrainOptimizer, world: distributed.World, 
     optimizer.zero_grad()
     loss_sum = 0.0
     for x_micro, y_micro in micro_batches(x, y, world, config.grad_accum):
-        logits, loss = model(backend.to_device(x_micro, device), backend.to_device(y_micro, device))
+        logits, loss = model(backend.to_device(x_micro, config.device), backend.to_device(y_micro, config.device))
         if len(x_micro) < len(x):  # a part of the batch: its share of the batch's mean loss
             loss = loss * (len(x_micro) / len(x))
         loss.backward()

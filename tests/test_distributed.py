@@ -100,7 +100,7 @@ def one_update(world: World, x, y, grad_accum: int) -> tuple[float, list[np.ndar
     model = float64_gpt()
     optimizer = optim.AdamW(train.parameter_groups(model.parameters(), 0.1), lr=0.1)
     config = TrainConfig(grad_accum=grad_accum, grad_clip=1.0)
-    loss, _, _ = train.train_step(model, optimizer, world, x, y, config, "cpu")
+    loss, _, _ = train.train_step(model, optimizer, world, x, y, config)
     return loss, [p.data.copy() for p in model.parameters()]
 
 
@@ -222,6 +222,24 @@ def test_any_number_of_ranks_prints_the_losses_of_one_process(text_file, tmp_pat
         np.testing.assert_array_equal(two[name], again[name], err_msg=name)
     assert json.loads((tmp_path / "four" / "config.json").read_text())["workers"] == 4
     assert done.stdout.count("\n") == 3 and done.stderr == ""  # rank 0 alone speaks: the evaluations (--quiet)
+
+
+@needs_mpi
+def test_muon_shared_out_over_ranks_trains_as_one_process(text_file, tmp_path):
+    """Muon's orthogonalizations shared out over 2 and 3 ranks (each its share of every stack,
+    summed by one Allreduce): the losses and weights of one process, within float32 rounding."""
+    args = ["--data", text_file, "--max-iters", "12", "--eval-interval", "6", "--optimizer", "muon", "--rotary",
+            "--muon-weight-decay", "0.1", *TINY]
+    runs = {"one": train_run(*args, "--out-dir", tmp_path / "one", "--workers", 1),
+            "two": train_run(*args, "--out-dir", tmp_path / "two", "--workers", 2),
+            "three": mpiexec_run(3, *args, "--out-dir", tmp_path / "three")}
+    for name, done in runs.items():
+        assert done.returncode == 0, (name, done.stderr)
+    one = weights(tmp_path / "one")
+    for name in ("two", "three"):
+        np.testing.assert_allclose(losses(tmp_path / name), losses(tmp_path / "one"), rtol=2e-6, err_msg=name)
+        for key, value in weights(tmp_path / name).items():
+            np.testing.assert_allclose(value, one[key], rtol=1e-4, atol=1e-6, err_msg=f"{name}: {key}")
 
 
 @needs_mpi
