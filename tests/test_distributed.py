@@ -20,6 +20,7 @@ import nanograd
 from gpt import train
 from gpt.checkpoint import load_checkpoint
 from gpt.config import TrainConfig
+from gpt.fileio import LOCK_NAME
 from gpt.model import GPT, GPTConfig
 from gpt.runlog import TERMINAL_COLUMNS
 from nanograd import distributed, optim
@@ -304,9 +305,23 @@ def faulty_run(tmp_path: Path, text_file: Path, kind: str) -> tuple[int, str, fl
 
 
 def resumes(tmp_path: Path, step: int) -> bool:
+    """Whether the run's checkpoint is at `step` and resumes. mpiexec can return while the
+    aborted job's rank 0 is still being torn down, holding the out dir's lock: its pid is
+    waited for first (a few seconds at most), as a user would find it gone a moment later."""
+    wait_for_exit(int((tmp_path / "run" / LOCK_NAME).read_text() or 0))
     _, meta = load_checkpoint(tmp_path / "run" / "ckpt.npz")
     return meta["step"] == step and train.main(["--out-dir", str(tmp_path / "run"), "--resume", "--max-iters",
                                                 str(step + 1), "--workers", "1", "--quiet"]) == 0
+
+
+def wait_for_exit(pid: int, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 @needs_mpi

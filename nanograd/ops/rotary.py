@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-
 from ..backend import array_module
 
 ROTARY_BASE = 10000.0  # RoFormer's and GPT-NeoX's
@@ -36,9 +34,9 @@ def rotary_tables(xp, T: int, head_size: int, dtype) -> tuple:
     rounded once to dtype. Shared between calls: never write to them."""
     if head_size % 2:
         raise ValueError(f"rotary embeddings need an even head size, got {head_size}")
-    theta = ROTARY_BASE ** (-np.arange(0, head_size, 2) / head_size)  # (hs/2,)
-    angles = np.outer(np.arange(T), theta)  # (T, hs/2)
-    return xp.asarray(np.cos(angles).astype(dtype)), xp.asarray(np.sin(angles).astype(dtype))
+    theta = ROTARY_BASE ** (-xp.arange(0, head_size, 2, dtype=xp.float64) / head_size)  # (hs/2,)
+    angles = xp.outer(xp.arange(T, dtype=xp.float64), theta)  # (T, hs/2)
+    return xp.cos(angles).astype(dtype), xp.sin(angles).astype(dtype)
 
 
 def rotate(x, cos, sin, sign: int = 1):
