@@ -235,7 +235,7 @@ class Muon(Optimizer):
 
         p -= lr * weight_decay * p                                  (decoupled, as AdamW's)
         b = momentum b + (1 - momentum) g                           (the momentum buffer)
-        u = momentum b + (1 - momentum) g                           (Nesterov: a look ahead)
+        u = momentum b + (1 - momentum) g      (with the new b; Nesterov's look ahead)
         p -= lr * sqrt(max(1, fan_out / fan_in)) * orthogonalize(u)
 
     The update has every singular value near 1: all directions of the weight move at the same
