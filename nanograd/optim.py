@@ -245,7 +245,8 @@ class Muon(Optimizer):
 
     The matrices of one shape are orthogonalized together, as one stack (a batched matmul). On
     several ranks (world: a nanograd.distributed.World) each rank orthogonalizes its share of
-    every stack and one Allreduce sums the shares, zeros elsewhere: the same update everywhere.
+    every stack, and an Allreduce per stack sums the shares (zeros elsewhere): the same update
+    on every rank.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0,
