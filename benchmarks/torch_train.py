@@ -36,7 +36,15 @@ from gpt.config import TrainConfig, build_model, build_parser, resolve  # noqa: 
 from gpt.errors import UserError, exit_status  # noqa: E402
 from gpt.prepare import prepare  # noqa: E402
 from gpt.runlog import chars_per_target  # noqa: E402
-from gpt.train import SPLITS, WHOLE_VAL, evaluation_sets, last_evaluation_scale, lr_at  # noqa: E402
+from gpt.train import (  # noqa: E402
+    SPLITS,
+    WHOLE_VAL,
+    evaluation_sets,
+    last_evaluation_scale,
+    lr_at,
+    muon_and_adamw_parameters,
+    parameter_groups,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,10 +116,8 @@ def make_optimizers(torch: Any, model: Any, config: TrainConfig) -> list[tuple[A
     """gpt.train.make_optimizer's optimizers in PyTorch, each with its peak learning rate:
     AdamW (no decay on 1-D parameters), and with --optimizer muon, torch.optim.Muon for the
     blocks' 2-D weights (whose update rule nanograd.optim.Muon follows)."""
-    matrices = [p for name, p in model.named_parameters() if name.startswith("transformer.h.") and p.dim() == 2]
-    rest = [p for p in model.parameters() if config.optimizer == "adamw" or not any(p is m for m in matrices)]
-    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
-                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}], lr=config.lr,
+    matrices, rest = muon_and_adamw_parameters(model.named_parameters(), config.optimizer)
+    adamw = torch.optim.AdamW(parameter_groups(rest, config.weight_decay), lr=config.lr,
                               betas=(config.beta1, config.beta2))
     if config.optimizer == "adamw":
         return [(adamw, config.lr)]

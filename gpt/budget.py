@@ -16,7 +16,7 @@ from .errors import RunStops
 MEASURED_STEPS = 100  # the most steps timed before the run's length is chosen
 FIRST_STEPS_LEFT_OUT = 2  # slower than the rest (the first allocations, cold caches): not timed
 # Of the time left: the steps' speed wanders between the measure and the end (on this
-# project's shared 2-core VM, later steps ran up to 7% slower than the first 50; RESULTS.md).
+# project's shared 2-core VM by 10-25% within a run; benchmarks/RESULTS.md).
 MARGIN = 0.95
 
 

@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,7 +221,8 @@ def last_evaluation_scale(config: TrainConfig, eval_batches: dict[str, list]) ->
     def batches(sets: dict[str, str]) -> int:
         return sum(len(eval_batches[name]) for name in sets.values())
 
-    return batches(evaluation_sets(config, config.max_iters)) / batches(evaluation_sets(config, -1))
+    along_the_way = evaluation_sets(config, -1)  # (a step before the last)
+    return batches(evaluation_sets(config, config.max_iters)) / batches(along_the_way)
 
 
 def start_log(config: TrainConfig, model: nn.Module, dataset: TokenDataset, eval_batches: dict[str, list],
@@ -415,16 +416,23 @@ def make_optimizer(model: nn.Module, config: TrainConfig,
     """AdamW for every parameter; or with --optimizer muon, Muon for the blocks' 2-D weights (the
     hidden layers' matmuls) and AdamW for the rest: the embeddings (the head, when tied) and
     the 1-D parameters, for which orthogonalizing an update has no meaning."""
-    if config.optimizer == "adamw":
-        params = model.parameters()
-    else:
-        matrices = [p for name, p in model.named_parameters() if name.startswith("transformer.h.") and p.ndim == 2]
-        params = [p for p in model.parameters() if not any(p is m for m in matrices)]
+    matrices, params = muon_and_adamw_parameters(model.named_parameters(), config.optimizer)
     adamw = optim.AdamW(parameter_groups(params, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2))
     if config.optimizer == "adamw":
         return adamw
     return optim.Optimizers(adamw, optim.Muon(matrices, lr=config.muon_lr, momentum=config.muon_momentum,
                                               weight_decay=config.muon_weight_decay, world=world))
+
+
+def muon_and_adamw_parameters(named_parameters: Iterable[tuple[str, Any]], optimizer: str) -> tuple[list, list]:
+    """(the parameters Muon updates, those AdamW updates): with --optimizer muon, the blocks' 2-D
+    weights and the rest; with adamw, none and all. (For nanograd's models and their PyTorch
+    twins alike: the names are GPT-2's.)"""
+    named = list(named_parameters)
+    if optimizer == "adamw":
+        return [], [p for _, p in named]
+    matrices = [p for name, p in named if name.startswith("transformer.h.") and p.ndim == 2]
+    return matrices, [p for _, p in named if not any(p is m for m in matrices)]
 
 
 def parameter_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
