@@ -15,8 +15,8 @@ from .errors import RunStops
 
 MEASURED_STEPS = 100  # the most steps timed before the run's length is chosen
 FIRST_STEPS_LEFT_OUT = 2  # slower than the rest (the first allocations, cold caches): not timed
-# Of the time left: the steps' speed wanders between the measure and the end (on this
-# project's shared 2-core VM by 10-25% within a run; benchmarks/RESULTS.md).
+# Of the time left: the steps' speed wanders between the measure and the end (on a shared
+# machine by more than this: benchmarks/RESULTS.md, "Five minutes of Shakespeare").
 MARGIN = 0.95
 
 
@@ -34,7 +34,7 @@ def step_and_evaluation_seconds(step_seconds: list[float], session_seconds: floa
     and its time so far: the mean step, the first ones left out; the time that was not in
     steps, shared among the evaluations (the loop's other work, checkpoints included). The
     mean, not the median: the run's length is the sum of its steps, the few slow ones
-    included (with the median, a run of --time-budget 300 ended at 304.7 s)."""
+    included (benchmarks/RESULTS.md has a run that the median made end late)."""
     step_s = statistics.fmean(step_seconds[FIRST_STEPS_LEFT_OUT:] or step_seconds)
     return step_s, (session_seconds - sum(step_seconds)) / max(evaluations, 1)
 
